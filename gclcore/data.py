@@ -116,8 +116,9 @@ class CsvReadReport:
 
     path: str
     rows: int = 0
-    malformed_rows: list[tuple[int | None, str]] = field(default_factory=list)
-    """(physical line if known, text excerpt) of rows with the wrong number of fields."""
+    malformed_rows: list[tuple[int | None, str, int, int]] = field(default_factory=list)
+    """(physical line if known, text excerpt, expected and actual field counts) of rows with the wrong
+    number of fields."""
 
 
 def read_split_csv(path: str | os.PathLike, *, columns: Iterable[str] | None = None,
@@ -157,13 +158,9 @@ def read_split_csv(path: str | os.PathLike, *, columns: Iterable[str] | None = N
                 raise DataFormatError(path, f"missing required column {name!r}", column=name)
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
-        excerpt = row.text[:120]
-        if on_malformed == "error":
-            raise DataFormatError(path, f"expected {row.expected_columns} fields, found {row.actual_columns}: "
-                                        f"{excerpt!r}", row=row.number,
-                                  fix="repair the row, or read with on_malformed='skip' to count and skip it")
-        report.malformed_rows.append((row.number, excerpt))
-        return "skip"
+        # Exceptions raised here are swallowed by pyarrow: record the row and let pyarrow abort.
+        report.malformed_rows.append((row.number, row.text[:120], row.expected_columns, row.actual_columns))
+        return "skip" if on_malformed == "skip" else "error"
 
     # Everything is read as text first: numeric conversion is done below so that a bad value can be
     # reported with its row and column instead of a bare pyarrow conversion error.
@@ -179,9 +176,12 @@ def read_split_csv(path: str | os.PathLike, *, columns: Iterable[str] | None = N
             ),
             read_options=pacsv.ReadOptions(block_size=64 << 20),
         )
-    except DataFormatError:
-        raise
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as err:
+        if on_malformed == "error" and report.malformed_rows:
+            line, excerpt, expected, actual = report.malformed_rows[-1]
+            raise DataFormatError(path, f"expected {expected} fields, found {actual}: {excerpt!r}",
+                                  row=None if line is None else f"at line {line}",
+                                  fix="repair the row, or read with on_malformed='skip' to count and skip it") from err
         raise DataFormatError(path, f"cannot parse as CSV: {err}",
                               fix="the file must be a comma-separated, double-quoted, UTF-8 CSV") from err
     report.rows = table.num_rows
@@ -819,7 +819,7 @@ def _validate_split(data_dir: Path, stem: str, corpus: pd.DataFrame | None, repo
         report.add("error", "unreadable CSV", path, 1, first_row=err.row, column=err.column, example=str(err))
         return
     if read_report.malformed_rows:
-        line, excerpt = read_report.malformed_rows[0]
+        line, excerpt, _, _ = read_report.malformed_rows[0]
         report.add("error", "malformed rows (wrong number of fields), skipped", path,
                    len(read_report.malformed_rows), first_row=f"line {line}" if line else None,
                    example=repr(excerpt))

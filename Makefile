@@ -1,0 +1,89 @@
+# gcl-book: `make book` regenerates every result, `make test` checks everything. Both set themselves up.
+#
+#   make book                                   the book on the embedded synthetic shop (CPU, <= 20 min)
+#   make book DATA_DIR=... IMAGE_ROOT=... MODEL=ViT-B-32 PRETRAINED=...   the same book on real data
+#   make book-quick                             the whole book on the `tiny` shop (CI, a few minutes)
+#   make test                                   unit tests + the quick book
+#   make lab                                    JupyterLab with the paired notebooks
+#   make clean                                  remove generated data, executed notebooks and HTML
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+PRESET     ?= small
+SEED       ?= 0
+SYNTH_DIR  := data/synth-$(PRESET)-seed$(SEED)
+DATA_DIR   ?= $(SYNTH_DIR)
+IMAGE_ROOT ?= $(DATA_DIR)/images
+MODEL      ?= default
+PRETRAINED ?=
+BOOK_NAME  ?= main
+# executed notebooks + pages are staged here, HTML goes to $(HTML_DIR)/_build/html
+STAGE      := build/$(BOOK_NAME)
+HTML_DIR   ?= book
+
+NOTEBOOKS  := 01_explore_data 02_multi_split
+EXECUTED   := $(NOTEBOOKS:%=$(STAGE)/%.ipynb)
+PAGES      := $(wildcard book/*.md)
+GCLCORE    := $(wildcard gclcore/*.py gclcore/*/*.py gclcore/model_configs/*.json)
+PARAMS      = -p data_dir $(abspath $(DATA_DIR)) -p image_root $(abspath $(IMAGE_ROOT)) \
+              -p model $(MODEL) -p pretrained '$(PRETRAINED)'
+
+.PHONY: setup test book book-quick lab clean sync-notebooks check-notebooks
+
+setup: $(STAMP)
+
+# Re-installs only when the dependencies (pyproject.toml) change.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[book,test]'
+	@touch $@
+
+test: setup check-notebooks
+	@$(PY) -m pytest -q -x tests || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests" >&2; exit $$rc; }
+	$(MAKE) book-quick
+
+book: setup $(HTML_DIR)/_build/html/index.html
+	@echo "book: $(HTML_DIR)/_build/html/index.html"
+
+book-quick:
+	$(MAKE) book PRESET=tiny BOOK_NAME=quick HTML_DIR=build/quick
+
+# The embedded default data: generated, never downloaded.
+$(SYNTH_DIR)/.done: gclcore/synth.py gclcore/splits.py gclcore/data.py | setup
+	$(PY) -m gclcore.synth $(SYNTH_DIR) --preset $(PRESET) --seed $(SEED)
+	@touch $@
+
+DATA_STAMP := $(if $(filter $(SYNTH_DIR),$(DATA_DIR)),$(SYNTH_DIR)/.done,)
+
+$(STAGE)/%.ipynb: notebooks/%.ipynb notebooks/%.py $(GCLCORE) $(DATA_STAMP) | setup
+	@mkdir -p $(STAGE)
+	$(VENV)/bin/papermill $< $@ $(PARAMS) --cwd $(STAGE) --execution-timeout 1800 --progress-bar
+
+$(STAGE)/%.md: book/%.md
+	@mkdir -p $(STAGE)
+	cp $< $@
+
+$(HTML_DIR)/_build/html/index.html: _config.yml _toc.yml $(PAGES:book/%=$(STAGE)/%) $(EXECUTED)
+	$(VENV)/bin/jupyter-book build $(STAGE) --config _config.yml --toc _toc.yml --path-output $(HTML_DIR) -W --keep-going
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+# Notebooks are edited as py:percent (reviewed) and paired with stripped .ipynb files (JupyterLab).
+sync-notebooks: setup
+	$(VENV)/bin/jupytext --sync notebooks/*.py
+	$(VENV)/bin/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
+
+check-notebooks: setup
+	$(PY) -m gclcore.notebooks check notebooks
+
+clean:
+	rm -rf build book/_build data/synth-* .pytest_cache
