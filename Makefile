@@ -72,7 +72,7 @@ $(STAGE)/%.md: book/%.md
 	cp $< $@
 
 $(HTML_DIR)/_build/html/index.html: _config.yml _toc.yml $(PAGES:book/%=$(STAGE)/%) $(EXECUTED)
-	$(VENV)/bin/jupyter-book build $(STAGE) --config _config.yml --toc _toc.yml --path-output $(HTML_DIR) -W --keep-going
+	$(VENV)/bin/jupyter-book build $(STAGE) --config $(abspath _config.yml) --toc $(abspath _toc.yml) --path-output $(HTML_DIR) -W --keep-going
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

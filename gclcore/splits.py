@@ -51,6 +51,8 @@ class SplitSummary:
     corpus_size: dict[str, int] = field(default_factory=dict)
     query_fraction: float = 0.0
     product_fraction: float = 0.0
+    checks: dict[str, int] = field(default_factory=dict)
+    """Invariant name -> number of violations (all 0 when :func:`check_splits` returns)."""
 
     def to_frame(self) -> pd.DataFrame:
         """One row per split: stem, name, rows, queries, products, corpus file and size."""
@@ -194,11 +196,13 @@ def check_splits(data_dir: str | os.PathLike, *, query_fraction: float = 0.8, pr
                  tolerance: float = 0.05, expected_pairs: set | None = None) -> SplitSummary:
     """Verify the split invariants of a four-split directory and return its counts.
 
+    Every invariant is counted into ``summary.checks`` (for display): a query in both query halves, a
+    product in both product halves, a pair in two splits, a split product absent from its corpus, a lost
+    or extra pair (when ``expected_pairs`` is given), a query / product fraction further than
+    ``tolerance`` from its target.
+
     Raises:
-        DataFormatError: naming the violated invariant and an offending id:
-        a query in both query halves, a product in both product halves, a pair in two splits, a split
-        product absent from its corpus, a lost or extra pair (when ``expected_pairs`` is given), or a
-        query / product fraction further than ``tolerance`` from its target.
+        DataFormatError: on any violation, naming the first violated invariant and an offending id.
     """
     data_dir = Path(data_dir)
     summary = SplitSummary()
@@ -209,44 +213,45 @@ def check_splits(data_dir: str | os.PathLike, *, query_fraction: float = 0.8, pr
     queries = {a: set() for a in (0, 1)}
     products = {b: set() for b in (0, 1)}
     pairs: set = set()
+    violations: list[tuple[str, Path, str]] = []  # (check, file, example) in order of discovery
+
+    def record(check: str, found: set, file: Path, describe) -> None:
+        summary.checks[check] = summary.checks.get(check, 0) + len(found)
+        if found:
+            violations.append((check, file, describe(sorted(found)[0])))
+
     for stem, frame in frames.items():
         a, b = int(stem[6]), int(stem[-1])
+        path = data_dir / f"{stem}.csv"
         queries[a].update(frame["query"])
         products[b].update(frame["product_id"])
         summary.rows[stem] = len(frame)
         summary.queries[stem] = int(frame["query"].nunique())
         summary.products[stem] = int(frame["product_id"].nunique())
-        absent = set(frame["product_id"]) - corpora[SPLIT_CORPUS[stem]]
-        if absent:
-            raise DataFormatError(data_dir / f"{stem}.csv", f"{len(absent)} product(s) absent from "
-                                  f"{SPLIT_CORPUS[stem]}, e.g. {sorted(absent)[0]}", column="product_id")
+        record("split products absent from their corpus", set(frame["product_id"]) - corpora[SPLIT_CORPUS[stem]],
+               path, lambda pid: f"{pid} not in {SPLIT_CORPUS[stem]}")
         split_pairs = set(zip(frame["query"], frame["product_id"]))
-        both = pairs & split_pairs
-        if both:
-            raise DataFormatError(data_dir / f"{stem}.csv", f"{len(both)} pair(s) also in another split, "
-                                  f"e.g. {sorted(both)[0]}")
+        record("pairs in more than one split", pairs & split_pairs, path, repr)
         pairs |= split_pairs
-    leaked_queries = queries[0] & queries[1]
-    if leaked_queries:
-        raise DataFormatError(data_dir, f"{len(leaked_queries)} query(ies) in both query halves, e.g. "
-                                        f"{sorted(leaked_queries)[0]!r}")
-    leaked_products = products[0] & products[1]
-    if leaked_products:
-        raise DataFormatError(data_dir, f"{len(leaked_products)} product(s) in both product halves, e.g. "
-                                        f"{sorted(leaked_products)[0]}")
-    if expected_pairs is not None and pairs != expected_pairs:
-        lost, extra = expected_pairs - pairs, pairs - expected_pairs
-        raise DataFormatError(data_dir, f"{len(lost)} input pair(s) in no split and {len(extra)} unexpected "
-                                        f"pair(s), e.g. {sorted(lost or extra)[0]}")
+    record("queries in both query halves", queries[0] & queries[1], data_dir, repr)
+    record("products in both product halves", products[0] & products[1], data_dir, str)
+    if expected_pairs is not None:
+        record("input pairs in no split", expected_pairs - pairs, data_dir, repr)
+        record("unexpected pairs", pairs - expected_pairs, data_dir, repr)
     n_queries = len(queries[0]) + len(queries[1])
     n_products = len(corpora["corpus_1.json"]) + len(corpora["corpus_2.json"])
     summary.query_fraction = len(queries[0]) / max(n_queries, 1)
     summary.product_fraction = len(corpora["corpus_1.json"]) / max(n_products, 1)
     for label, got, want in (("query", summary.query_fraction, query_fraction),
                              ("product", summary.product_fraction, product_fraction)):
-        if abs(got - want) > tolerance:
-            raise DataFormatError(data_dir, f"{label} half-0 fraction {got:.3f} is off target {want:.3f} "
-                                            f"by more than {tolerance}")
+        off = abs(got - want) > tolerance
+        summary.checks[f"{label} fraction off target by > {tolerance}"] = int(off)
+        if off:
+            violations.append((f"{label} half-0 fraction", data_dir, f"{got:.3f} vs target {want:.3f}"))
+    if violations:
+        check, file, example = violations[0]
+        raise DataFormatError(file, f"{check}: {summary.checks.get(check, 1)} violation(s), e.g. {example} "
+                                    f"(all checks: {summary.checks})")
     return summary
 
 
