@@ -61,12 +61,14 @@ COLOURS = {
     "white": (240, 240, 235), "yellow": (235, 205, 40), "pink": (240, 130, 180), "purple": (120, 50, 160),
     "orange": (240, 130, 30), "grey": (128, 128, 128), "brown": (120, 75, 35), "navy": (20, 30, 90),
 }
-COLOUR_SYNONYMS = {"grey": ["grey", "gray"], "navy": ["navy", "navy blue"], "purple": ["purple", "violet"]}
+COLOUR_SYNONYMS = {"grey": ("grey", "gray"), "navy": ("navy", "navy blue"), "purple": ("purple", "violet")}
 PATTERNS = ["plain", "striped", "polka dot", "checked", "camo", "denim"]
 AUDIENCES = {"men": ("men's", "men"), "women": ("women's", "women"), "kids": ("kids'", "kids"),
              "unisex": ("unisex", "everyone")}
 BRANDS = ["Norvik", "Aldera", "Kestrel", "Lumière", "Brisa", "Ødegård", "Tamsin", "Veloce", "Harbour & Co",
           "Quillon", "Sable", "Mirth", "Osprey", "Calloway", "Zephyr", "Nakoda", "Fenwick", "Orla", "Pico", "Rune"]
+BRAND_SYLLABLES = ["al", "bri", "cor", "dax", "el", "fen", "gro", "hal", "ix", "jun", "kel", "lor", "mav", "nor",
+                   "ol", "pra", "quin", "ros", "sul", "tam", "ul", "ven", "wex", "yor", "zan"]
 ATTRIBUTES = ("category", "colour", "pattern", "audience", "brand")
 ATTRIBUTE_VALUES = {"category": list(CATEGORIES), "colour": list(COLOURS), "pattern": PATTERNS,
                     "audience": list(AUDIENCES), "brand": BRANDS}
@@ -89,25 +91,43 @@ class Preset:
     pool: int = 400
     noise: float = 0.6
     images: bool = True
+    brands: int = len(BRANDS)
 
 
 PRESETS = {
     "tiny": Preset(queries=40, products=320, results=16, image_size=48, pool=120),
     "small": Preset(queries=1200, products=6000, results=30, image_size=96, pool=300),
-    "large": Preset(queries=100_000, products=5_000_000, results=100, image_size=96, pool=400, images=False),
+    "large": Preset(queries=100_000, products=5_000_000, results=100, image_size=96, pool=400, images=False,
+                    brands=3000),
 }
+
+
+def brand_names(n: int) -> list[str]:
+    """``n`` brand names: the hand-written :data:`BRANDS` first, then syllable compounds (a long tail of
+    brands, as in real catalogues, so that large shops have enough distinct queries)."""
+    names = list(BRANDS[:n])
+    syllables = BRAND_SYLLABLES
+    for length in (2, 3):
+        for index in range(len(syllables) ** length):
+            if len(names) >= n:
+                return names
+            parts = [syllables[(index // len(syllables) ** k) % len(syllables)] for k in range(length)]
+            names.append("".join(parts).capitalize())
+    if len(names) < n:
+        raise ValueError(f"at most {len(names)} brand names available")
+    return names
 
 
 # --------------------------------------------------------------------------------------------------
 # Products
 # --------------------------------------------------------------------------------------------------
 
-def make_products(n: int, rng: np.random.Generator) -> pd.DataFrame:
+def make_products(n: int, rng: np.random.Generator, brands: list[str] = BRANDS) -> pd.DataFrame:
     """Product attribute table: ``product_id`` (20-digit string, > int64), attributes, ``popularity``."""
     ids = _unique_ids(n, rng)
     table = {"product_id": ids}
     for name in ATTRIBUTES:
-        values = ATTRIBUTE_VALUES[name]
+        values = brands if name == "brand" else ATTRIBUTE_VALUES[name]
         # Zipf-like marginals: some colours and brands are far more common, as in real catalogues.
         p = 1.0 / np.arange(1, len(values) + 1) ** 0.6
         table[name] = np.asarray(values, dtype=object)[rng.choice(len(values), size=n, p=p / p.sum())]
@@ -129,41 +149,60 @@ def _unique_ids(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(out, dtype=object)
 
 
-def make_title(product: dict, rng: np.random.Generator) -> str | None:
-    """A noisy shop title for one product; None (missing) for ~3% of products."""
-    if rng.random() < 0.03:
-        return None
-    category = rng.choice(CATEGORIES[product["category"]][1])
-    colour = rng.choice(COLOUR_SYNONYMS.get(product["colour"], [product["colour"]]))
-    pattern = "" if product["pattern"] == "plain" and rng.random() < 0.7 else product["pattern"]
-    audience = AUDIENCES[product["audience"]][0]
-    words = {"brand": product["brand"], "audience": audience, "colour": colour, "pattern": pattern}
-    for key in ("audience", "colour", "pattern", "brand"):  # scraped titles often omit attributes
-        if rng.random() < 0.12:
-            words[key] = ""
-    extras = [f"Size {rng.choice(['XS', 'S', 'M', 'L', 'XL'])}", f"{rng.integers(2, 5)}-Pack",
-              f"Model {rng.choice(list('ABCDEFGHKLMRTX'))}{rng.integers(100, 999)}", "New Season", "Free Delivery"]
-    extra = rng.choice(extras) if rng.random() < 0.4 else ""
-    style = rng.integers(0, 3)
-    if style == 0:
-        parts = [words["brand"], words["audience"], words["colour"], words["pattern"], category]
-        title = " ".join(p for p in parts if p)
-        title = f"{title} {extra}".strip()
-    elif style == 1:
-        head = " ".join(p for p in [words["colour"], words["pattern"], category] if p).capitalize()
-        tail = ", ".join(p for p in [words["audience"], extra] if p)
-        title = f"{head} - {tail} | {words['brand']}" if words["brand"] else f"{head} - {tail}"
-    else:
-        title = " ".join(p for p in [words["audience"], category, "in", words["colour"] or "assorted colours",
-                                     f"by {words['brand']}" if words["brand"] else ""] if p)
-    quirk = rng.random()
-    if quirk < 0.02:
-        title += ', 16" wide'
-    elif quirk < 0.025:
-        title += "\nLimited edition"
-    elif quirk < 0.04:
-        title += " — best seller"
-    return title.strip(" -|,")
+TITLE_EXTRAS = ["Size XS", "Size S", "Size M", "Size L", "Size XL", "2-Pack", "3-Pack", "New Season",
+                "Free Delivery"]
+
+
+def make_titles(products: pd.DataFrame, rng: np.random.Generator) -> list[str | None]:
+    """Noisy shop titles, one per product row (``category``, ``colour``, ``pattern``, ``audience``,
+    ``brand``); ~3% are missing (None).
+
+    Noise: attribute words dropped (12% each), category and colour synonyms, three title styles, sizes /
+    pack counts / model codes, and scraped-text quirks (commas with quotes, newlines, em dashes). All
+    random draws are made as arrays up front, so 5M titles take seconds.
+    """
+    n = len(products)
+    u = rng.random((n, 8))
+    drop = rng.random((n, 4)) < 0.12  # audience, colour, pattern, brand
+    style = rng.integers(0, 3, n)
+    pick = rng.integers(0, 1 << 30, (n, 3))
+    model_code = rng.integers(100, 999, n)
+    titles: list[str | None] = []
+    rows = zip(products["category"], products["colour"], products["pattern"], products["audience"],
+               products["brand"])
+    for i, (cat, col, pat, aud, brand) in enumerate(rows):
+        if u[i, 0] < 0.03:
+            titles.append(None)
+            continue
+        synonyms = CATEGORIES[cat][1]
+        category = synonyms[pick[i, 0] % len(synonyms)]
+        colours = COLOUR_SYNONYMS.get(col, (col,))
+        colour = "" if drop[i, 1] else colours[pick[i, 1] % len(colours)]
+        pattern = "" if drop[i, 2] or (pat == "plain" and u[i, 1] < 0.7) else pat
+        audience = "" if drop[i, 0] else AUDIENCES[aud][0]
+        brand_word = "" if drop[i, 3] else brand
+        extra = ""
+        if u[i, 2] < 0.4:
+            k = pick[i, 2] % (len(TITLE_EXTRAS) + 1)
+            extra = f"Model {chr(65 + k)}{model_code[i]}" if k == len(TITLE_EXTRAS) else TITLE_EXTRAS[k]
+        if style[i] == 0:
+            title = " ".join(p for p in (brand_word, audience, colour, pattern, category, extra) if p)
+        elif style[i] == 1:
+            head = " ".join(p for p in (colour, pattern, category) if p).capitalize()
+            tail = ", ".join(p for p in (audience, extra) if p)
+            title = f"{head} - {tail} | {brand_word}" if brand_word else f"{head} - {tail}"
+        else:
+            title = " ".join(p for p in (audience, category, "in", colour or "assorted colours",
+                                         f"by {brand_word}" if brand_word else "") if p)
+        title = title.strip(" -|,")
+        if u[i, 3] < 0.02:
+            title += ', 16" wide'
+        elif u[i, 3] < 0.025:
+            title += "\nLimited edition"
+        elif u[i, 3] < 0.04:
+            title += " — best seller"
+        titles.append(title)
+    return titles
 
 
 # --------------------------------------------------------------------------------------------------
@@ -304,7 +343,7 @@ def render_images(products: pd.DataFrame, out_dir: Path, size: int, seed: int, w
 # Queries and rankings
 # --------------------------------------------------------------------------------------------------
 
-def make_query(rng: np.random.Generator) -> tuple[str, dict]:
+def make_query(rng: np.random.Generator, brands: list[str] = BRANDS) -> tuple[str, dict]:
     """One natural-language query asking for 1-3 attributes; returns (text, asked attributes)."""
     asked: dict[str, str] = {}
     if rng.random() < 0.9:
@@ -312,8 +351,9 @@ def make_query(rng: np.random.Generator) -> tuple[str, dict]:
     extra = ["colour", "pattern", "audience", "brand"]
     n_extra = int(rng.choice([0, 1, 2], p=[0.25, 0.5, 0.25])) if asked else int(rng.integers(1, 3))
     for name in rng.choice(extra, size=n_extra, replace=False):
-        choices = [v for v in ATTRIBUTE_VALUES[name] if not (name == "pattern" and v == "plain")]
-        asked[str(name)] = str(rng.choice(choices))
+        choices = brands if name == "brand" else [v for v in ATTRIBUTE_VALUES[name]
+                                                      if not (name == "pattern" and v == "plain")]
+        asked[str(name)] = str(choices[int(rng.integers(len(choices)))])
     cat = asked.get("category")
     noun = (CATEGORIES[cat][0] if rng.random() < 0.5 else cat) if cat else "clothing"
     adjectives = " ".join(asked[k] for k in ("colour", "pattern") if k in asked)
@@ -365,10 +405,9 @@ def generate(out_dir: str | os.PathLike, preset: str | Preset = "small", seed: i
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    products = make_products(spec.products, rng)
-    title_rng = np.random.default_rng([seed, 1])
-    records = products[list(ATTRIBUTES)].to_dict("records")
-    products["title"] = [make_title(r, title_rng) for r in tqdm(records, desc="titles", disable=not progress)]
+    brands = brand_names(spec.brands)
+    products = make_products(spec.products, rng, brands)
+    products["title"] = make_titles(products, np.random.default_rng([seed, 1]))
     products["image_local"] = [f"{PUBLISHER_IMAGE_DIR}/{image_name(p)}" for p in products["product_id"]]
     by_category = {c: np.flatnonzero(products["category"].to_numpy() == c) for c in CATEGORIES}
 
@@ -376,7 +415,7 @@ def generate(out_dir: str | os.PathLike, preset: str | Preset = "small", seed: i
     seen: dict[str, dict] = {}
     attempts = 0
     while len(seen) < spec.queries:
-        text, asked = make_query(query_rng)
+        text, asked = make_query(query_rng, brands)
         attempts += 1
         if text not in seen:
             seen[text] = asked
