@@ -1,0 +1,216 @@
+"""Ranking metrics with the semantics of the published GCL evaluation, vectorised over queries.
+
+Notation (``shared/reference/evaluation-protocol.md`` section 3): for query q, ``g_r`` is the grade of the
+document at rank r (0 if unjudged or not retrieved), ``J_q`` the judged documents, ``R_q`` the relevant
+ones (grade >= 1), ``m_q`` the query's maximum judged grade.
+
+trec_eval family (pytrec_eval / BEIR; documents ordered by score descending, ties by document id
+descending, byte-wise):
+
+- ``NDCG@k = sum_{r<=k} g_r / log2(r+1)  /  sum_{i<=k} g*_i / log2(i+1)`` (linear gain; the ideal g* sorts
+  the grades of *all* judged documents);
+- ``MAP@k = (1/|R_q|) sum_{r<=k, g_r>=1} Prec@r``;  ``P@k = |{r<=k: g_r>=1}| / k``;
+  ``Recall@k = |{r<=k: g_r>=1}| / |R_q|``; means over queries present in both qrels and run.
+
+Python family (the run's own order, stable by score descending, as BEIR's MRR and GCL's ERR/RBP):
+
+- ``MRR@k = 1 / (first rank <= k with g_r > 0)``, 0 if none; mean over **qrels** queries;
+- ``ERR = sum_r (1/r) R_r prod_{i<r} (1 - R_i)``, ``R_r = (2^{g_r} - 1) / 2^{m_q}``, all ranks, no cutoff;
+- ``RBP_p = (1-p) sum_r (g_r / m_q) p^{r-1}``, all ranks, for p = 0.7, 0.8, 0.9 (``mRBP7/8/9``).
+
+Reference rounding: BEIR rounds NDCG / MAP / Recall / P / MRR means to 5 decimals; mERR and mRBP are
+not rounded. :func:`mean_metrics` does the same unless ``rounding=False``.
+
+Two entry points share one implementation (:func:`per_query_arrays`):
+
+- trec-style dicts ``{qid: {docid: grade}}`` / ``{qid: {docid: score}}`` (:func:`evaluate_run`);
+- the fast array path used by the evaluator: grade matrices of the ranked lists (:class:`RankedGrades`).
+
+Command line::
+
+    python -m gclcore.metrics QRELS.json RUN.json [--k 1,3,5,10,100,1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_KS = (1, 3, 5, 10, 100, 1000)
+RBP_PS = {"mRBP7": 0.7, "mRBP8": 0.8, "mRBP9": 0.9}
+SUMMARY_KEYS = ("MAP@{K}", "MRR@{K}", "NDCG@10", "mERR", "mRBP7", "mRBP8", "mRBP9")
+"""The reference's summary row (``output.csv``): ``{K}`` is the largest cutoff (1000 by default)."""
+
+
+@dataclass
+class RankedGrades:
+    """Everything the metrics need, as zero-padded arrays over Q queries.
+
+    - ``trec``: (Q, K) grades of the ranked documents in trec_eval order (score desc, doc id desc);
+    - ``python``: (Q, K) the same documents in the run's own order (stable sort by score desc);
+    - ``ideal``: (Q, J) grades of all judged documents, sorted descending;
+    - ``in_run``: (Q,) whether the query has a run (trec_eval means only count those).
+
+    Padding with grade 0 is exact: an empty rank adds no gain, no relevant document and no stop
+    probability, and P@k always divides by k.
+    """
+
+    trec: np.ndarray
+    python: np.ndarray
+    ideal: np.ndarray
+    in_run: np.ndarray
+    query_ids: list[str]
+
+
+def _pad(rows: list[np.ndarray], width: int | None = None) -> np.ndarray:
+    width = max([len(r) for r in rows] + [width or 0, 1])
+    out = np.zeros((len(rows), width), dtype=np.float64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def ranked_grades(qrels: dict[str, dict[str, float]], run: dict[str, dict[str, float]]) -> RankedGrades:
+    """Convert trec-style dicts into :class:`RankedGrades` for every query in ``qrels``."""
+    trec_rows, python_rows, ideal_rows, in_run, qids = [], [], [], [], []
+    for qid, judged in qrels.items():
+        ranking = run.get(qid, {})
+        docs = list(ranking.keys())
+        scores = np.fromiter(ranking.values(), dtype=np.float64, count=len(docs))
+        grades = np.fromiter((judged.get(d, 0) for d in docs), dtype=np.float64, count=len(docs))
+        python_order = np.argsort(-scores, kind="stable")
+        # trec_eval: score descending, then doc id descending (byte-wise == code-point order)
+        id_rank = np.argsort(np.argsort(np.asarray(docs, dtype=object).astype(str), kind="stable"))
+        trec_order = np.lexsort((-id_rank, -scores))
+        trec_rows.append(grades[trec_order])
+        python_rows.append(grades[python_order])
+        ideal_rows.append(np.sort(np.fromiter(judged.values(), dtype=np.float64, count=len(judged)))[::-1])
+        in_run.append(qid in run)
+        qids.append(qid)
+    width = max((len(r) for r in trec_rows), default=1)
+    return RankedGrades(_pad(trec_rows, width), _pad(python_rows, width), _pad(ideal_rows),
+                        np.asarray(in_run, dtype=bool), qids)
+
+
+def _at(cumulative: np.ndarray, k: int) -> np.ndarray:
+    """``cumulative[:, k-1]`` where the ranked list may be shorter than k (then the last column)."""
+    return cumulative[:, min(k, cumulative.shape[1]) - 1]
+
+
+def per_query_arrays(g: RankedGrades, ks=DEFAULT_KS, rbp_ps: dict[str, float] = RBP_PS) -> dict[str, np.ndarray]:
+    """Per-query metric values, one (Q,) array per metric name (``NDCG@k``, ``MAP@k``, ``Recall@k``,
+    ``P@k``, ``MRR@k``, ``ERR``, ``RBP7``...). See the module docstring for the formulas."""
+    out: dict[str, np.ndarray] = {}
+    K = g.trec.shape[1]
+    ranks = np.arange(1, K + 1, dtype=np.float64)
+    discount = 1.0 / np.log2(ranks + 1.0)
+    dcg = np.cumsum(g.trec * discount, axis=1)
+    J = g.ideal.shape[1]
+    idcg = np.cumsum(g.ideal / np.log2(np.arange(2, J + 2, dtype=np.float64)), axis=1)
+    relevant = (g.trec >= 1).astype(np.float64)
+    hits = np.cumsum(relevant, axis=1)
+    n_relevant = (g.ideal >= 1).sum(axis=1).astype(np.float64)
+    ap = np.cumsum(relevant * hits / ranks, axis=1)
+    safe_rel = np.where(n_relevant > 0, n_relevant, 1.0)
+    first_hit = np.where((g.python > 0).any(axis=1), (g.python > 0).argmax(axis=1) + 1, np.inf)
+    for k in ks:
+        ideal_k = _at(idcg, k)
+        out[f"NDCG@{k}"] = np.where(ideal_k > 0, _at(dcg, k) / np.where(ideal_k > 0, ideal_k, 1.0), 0.0)
+        out[f"MAP@{k}"] = np.where(n_relevant > 0, _at(ap, k) / safe_rel, 0.0)
+        out[f"Recall@{k}"] = np.where(n_relevant > 0, _at(hits, k) / safe_rel, 0.0)
+        out[f"P@{k}"] = _at(hits, k) / k
+        out[f"MRR@{k}"] = np.where(first_hit <= k, 1.0 / first_hit, 0.0)
+    max_grade = g.ideal[:, :1]
+    # (2^g - 1) / 2^m computed as 2^(g-m) - 2^-m: both powers of two are exact, so the result is the
+    # correctly rounded float64 of the exact ratio (what Python's int / int gives the reference).
+    stop = np.exp2(g.python - max_grade) - np.exp2(-max_grade)
+    stop = np.where(g.python > 0, stop, 0.0)
+    reach = np.cumprod(np.concatenate([np.ones((len(stop), 1)), 1.0 - stop[:, :-1]], axis=1), axis=1)
+    out["ERR"] = np.sum(stop * reach / ranks, axis=1)
+    normalised = g.python / np.where(max_grade > 0, max_grade, 1.0)
+    for name, p in rbp_ps.items():
+        out[name[1:]] = (1.0 - p) * np.sum(normalised * p ** (ranks - 1.0), axis=1)
+    return out
+
+
+def mean_metrics(g: RankedGrades, ks=DEFAULT_KS, rounding: bool = True) -> dict[str, float]:
+    """Mean metrics with the reference's averaging and key names (``NDCG@10``, ``mERR``, ``mRBP7``, ...).
+
+    trec_eval measures average over queries that have a run; MRR, ERR and RBP over all qrels queries.
+    """
+    values = per_query_arrays(g, ks)
+    out: dict[str, float] = {}
+    trec_queries = max(int(g.in_run.sum()), 1)
+    for name, array in values.items():
+        if name == "ERR" or name.startswith("RBP"):
+            out[f"m{name}"] = float(array.mean()) if len(array) else 0.0
+        elif name.startswith("MRR"):
+            mean = float(array.sum() / max(len(array), 1))
+            out[name] = round(mean, 5) if rounding else mean
+        else:
+            mean = float(array[g.in_run].sum() / trec_queries)
+            out[name] = round(mean, 5) if rounding else mean
+    return out
+
+
+def per_query_frame(g: RankedGrades, ks=DEFAULT_KS) -> pd.DataFrame:
+    """Per-query metrics as a DataFrame indexed by query id (for distributions and win/loss plots)."""
+    return pd.DataFrame(per_query_arrays(g, ks), index=pd.Index(g.query_ids, name="query"))
+
+
+def evaluate_run(qrels: dict, run: dict, ks=DEFAULT_KS, rounding: bool = True) -> dict[str, float]:
+    """Mean metrics of a trec-style run against trec-style qrels (see :func:`mean_metrics`)."""
+    return mean_metrics(ranked_grades(qrels, run), ks, rounding)
+
+
+def summary_row(metrics: dict[str, float], ks=DEFAULT_KS) -> dict[str, float]:
+    """The reference's ``output.csv`` row: ``mAP@K, mrr@K, NDCG@10, mERR, mRBP7, mRBP8, mRBP9``
+    with K the largest cutoff."""
+    K = max(ks)
+    return {f"mAP@{K}": metrics[f"MAP@{K}"], f"mrr@{K}": metrics[f"MRR@{K}"], "NDCG@10": metrics["NDCG@10"],
+            "mERR": metrics["mERR"], "mRBP7": metrics["mRBP7"], "mRBP8": metrics["mRBP8"], "mRBP9": metrics["mRBP9"]}
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--k expects comma-separated integers, got {text!r}") from err
+    if not ks or ks[0] < 1:
+        raise argparse.ArgumentTypeError("--k values must be >= 1")
+    if 10 not in ks:  # NDCG@10 is part of every summary
+        ks = tuple(sorted(ks + (10,)))
+    return ks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gclcore.metrics", description=__doc__.split("\n\n")[0])
+    parser.add_argument("qrels", help="JSON {query_id: {doc_id: grade}}")
+    parser.add_argument("run", help="JSON {query_id: {doc_id: score}}")
+    parser.add_argument("--k", type=parse_ks, default=DEFAULT_KS, help="cutoffs, e.g. 1,3,5,10,100,1000")
+    parser.add_argument("--no-rounding", action="store_true", help="do not round like BEIR (5 decimals)")
+    args = parser.parse_args(argv)
+    from gclcore.data import DataFormatError, read_companion
+
+    try:
+        qrels = read_companion(args.qrels)
+        if qrels.kind == "queries":
+            raise DataFormatError(args.qrels, "this is a query-text file, not qrels")
+        with open(args.run, encoding="utf-8") as fh:
+            run = json.load(fh)
+        if not isinstance(run, dict) or not all(isinstance(v, dict) for v in run.values()):
+            raise DataFormatError(args.run, "expected a run object {query_id: {doc_id: score}}")
+    except (DataFormatError, json.JSONDecodeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(evaluate_run(qrels.data, run, args.k, rounding=not args.no_rounding), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Metrics against independent references: pytrec_eval (trec_eval), literal per-query ERR/RBP/MRR
+loops written here from the published formulas, and the hand-computed example of the protocol."""
+import json
+import math
+
+import numpy as np
+import pytest
+import pytrec_eval
+from hypothesis import given, settings, strategies as st
+
+from gclcore import metrics
+
+KS = (1, 2, 3, 5, 10)
+
+
+def err_literal(judged, ranking):
+    ranked = sorted(ranking.items(), key=lambda item: item[1], reverse=True)  # stable: ties keep run order
+    m = max(judged.values())
+    reach, total = 1.0, 0.0
+    for rank, (doc, _) in enumerate(ranked, start=1):
+        rel = judged.get(doc, 0)
+        stop = (2**rel - 1) / 2**m
+        total += reach * stop / rank
+        reach *= 1 - stop
+    return total
+
+
+def rbp_literal(judged, ranking, p):
+    ranked = sorted(ranking.items(), key=lambda item: item[1], reverse=True)
+    m = max(judged.values())
+    return (1 - p) * sum(judged.get(doc, 0) / m * p ** (rank - 1) for rank, (doc, _) in enumerate(ranked, 1))
+
+
+def mrr_literal(judged, ranking, k):
+    ranked = sorted(ranking.items(), key=lambda item: item[1], reverse=True)[:k]
+    return next((1 / rank for rank, (doc, _) in enumerate(ranked, 1) if judged.get(doc, 0) > 0), 0.0)
+
+
+doc_ids = st.sampled_from(["1", "2", "9", "10", "11", "99", "100", "a", "b", "B", "é", "d-1"])
+
+
+@st.composite
+def graded_runs(draw):
+    """Random graded qrels and runs with many ties (scores from a 4-value set) and id orders where
+    numeric and byte-wise order disagree ("9" > "10")."""
+    qrels, run = {}, {}
+    for q in range(draw(st.integers(1, 5))):
+        judged = draw(st.dictionaries(doc_ids, st.integers(0, 6), min_size=1, max_size=8))
+        if max(judged.values()) == 0:
+            judged[next(iter(judged))] = 1
+        qrels[f"q{q}"] = judged
+        if draw(st.booleans()) or q == 0:
+            run[f"q{q}"] = draw(st.dictionaries(doc_ids, st.sampled_from([0.25, 0.5, 0.75, 1.0]), max_size=12))
+    return qrels, run
+
+
+@settings(max_examples=300, deadline=None)
+@given(graded_runs())
+def test_trec_family_equals_pytrec_eval(case):
+    qrels, run = case
+    measures = {f"ndcg_cut.{','.join(map(str, KS))}", f"map_cut.{','.join(map(str, KS))}",
+                f"P.{','.join(map(str, KS))}", f"recall.{','.join(map(str, KS))}"}
+    reference = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
+    frame = metrics.per_query_frame(metrics.ranked_grades(qrels, run), KS)
+    for qid, values in reference.items():
+        for k in KS:
+            for ours, theirs in (("NDCG", "ndcg_cut"), ("MAP", "map_cut"), ("P", "P"), ("Recall", "recall")):
+                assert frame.loc[qid, f"{ours}@{k}"] == pytest.approx(values[f"{theirs}_{k}"], abs=1e-9), (qid, ours, k)
+    means = metrics.evaluate_run(qrels, run, KS, rounding=False)
+    for k in KS:
+        expected = np.mean([v[f"ndcg_cut_{k}"] for v in reference.values()]) if reference else 0.0
+        assert means[f"NDCG@{k}"] == pytest.approx(expected, abs=1e-9)
+
+
+@settings(max_examples=300, deadline=None)
+@given(graded_runs())
+def test_python_family_equals_literal_reference(case):
+    qrels, run = case
+    frame = metrics.per_query_frame(metrics.ranked_grades(qrels, run), KS)
+    for qid, judged in qrels.items():
+        ranking = run.get(qid, {})
+        assert frame.loc[qid, "ERR"] == pytest.approx(err_literal(judged, ranking), abs=1e-12)
+        for p in (0.7, 0.8, 0.9):
+            assert frame.loc[qid, f"RBP{int(p * 10)}"] == pytest.approx(rbp_literal(judged, ranking, p), abs=1e-12)
+        for k in KS:
+            assert frame.loc[qid, f"MRR@{k}"] == pytest.approx(mrr_literal(judged, ranking, k), abs=1e-12)
+    means = metrics.evaluate_run(qrels, run, KS, rounding=False)
+    assert means["mERR"] == pytest.approx(np.mean([err_literal(j, run.get(q, {})) for q, j in qrels.items()]))
+    assert means["MRR@10"] == pytest.approx(np.mean([mrr_literal(j, run.get(q, {}), 10) for q, j in qrels.items()]))
+
+
+def test_worked_example_from_the_protocol():
+    qrels = {"q": {"d1": 3, "d2": 2, "d3": 1}}
+    run = {"q": {"d2": 0.9, "d9": 0.8, "d1": 0.7, "d3": 0.6}}
+    m = metrics.evaluate_run(qrels, run, ks=(2, 4), rounding=False)
+    assert m["mERR"] == pytest.approx(0.55973307, abs=1e-8)
+    assert m["mRBP7"] == pytest.approx(0.3 * (2 / 3 + 0.49 + 0.343 / 3), abs=1e-12)
+    assert round(m["mRBP7"], 5) == 0.38130 and round(m["mRBP8"], 5) == 0.29547 and round(m["mRBP9"], 5) == 0.17197
+    assert m["NDCG@4"] == pytest.approx(0.8254499, abs=1e-7) and m["NDCG@2"] == pytest.approx(0.4692787, abs=1e-7)
+    assert m["MAP@4"] == pytest.approx(0.8055556, abs=1e-7)
+    assert m["P@2"] == 0.5 and m["Recall@2"] == pytest.approx(1 / 3) and m["MRR@4"] == 1.0
+
+
+def test_tie_rules_differ_between_families():
+    qrels, run = {"q": {"a": 1}}, {"q": {"a": 0.5, "b": 0.5}}
+    m = metrics.evaluate_run(qrels, run, ks=(1, 2), rounding=False)
+    assert m["P@1"] == 0.0        # trec_eval puts "b" first (doc id descending)
+    assert m["MRR@1"] == 1.0      # the Python family keeps the run's insertion order
+
+
+def test_err_with_hundred_grades_is_exact():
+    qrels = {"q": {"top": 100, "second": 99}}
+    assert metrics.evaluate_run(qrels, {"q": {"second": 2.0, "top": 1.0}})["mERR"] == pytest.approx(0.75)
+    assert metrics.evaluate_run(qrels, {"q": {"x": 2.0, "top": 1.0}})["mERR"] == pytest.approx(0.5)
+    assert metrics.evaluate_run(qrels, {"q": {"top": 1.0}})["mERR"] == 1.0  # 1 - 2^-100 rounds to 1
+
+
+def test_averaging_sets_and_rounding():
+    qrels = {"q1": {"a": 2}, "q2": {"b": 1}}
+    run = {"q1": {"a": 1.0, "z": 0.5}}  # q2 has no run
+    m = metrics.evaluate_run(qrels, run, ks=(1, 3))
+    assert m["NDCG@1"] == 1.0                      # trec family: only queries with a run (pytrec_eval)
+    assert m["MRR@3"] == 0.5 and m["mERR"] == pytest.approx(0.375)  # qrels queries
+    assert metrics.evaluate_run({"q": {"a": 1, "b": 1, "c": 1}}, {"q": {"a": 1.0, "x": 0.9}}, ks=(3,))["MAP@3"] == 0.33333
+
+
+def test_summary_row_and_cli(tmp_path, capsys):
+    qrels = {"q": {"d1": 3, "d2": 2, "d3": 1}}
+    run = {"q": {"d2": 0.9, "d9": 0.8, "d1": 0.7, "d3": 0.6}}
+    (tmp_path / "qrels.json").write_text(json.dumps(qrels))
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    assert metrics.main([str(tmp_path / "qrels.json"), str(tmp_path / "run.json"), "--k", "1,5,1000"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert {"NDCG@10", "MAP@1000", "Recall@10", "P@10", "MRR@1000", "mERR", "mRBP7", "mRBP8", "mRBP9"} <= set(printed)
+    row = metrics.summary_row(printed, ks=(1, 5, 10, 1000))
+    assert list(row) == ["mAP@1000", "mrr@1000", "NDCG@10", "mERR", "mRBP7", "mRBP8", "mRBP9"]
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert metrics.main([str(tmp_path / "qrels.json"), str(tmp_path / "bad.json")]) == 2
