@@ -450,24 +450,41 @@ class ImageResolver:
         """``image_root / basename(stored_path)``."""
         return self.root / image_basename(stored_path)
 
-    def open(self, stored_path: str):
-        """Decode the image as RGB (dispatching on content, not extension)."""
+    def load(self, stored_path: str):
+        """Decode the image as RGB (dispatching on content, not extension) without counting or raising.
+
+        Returns ``(image, None)``, or ``(None, problem)`` with problem ``"missing"`` or ``"unreadable: ..."``.
+        """
         from PIL import Image, UnidentifiedImageError
 
-        path = self.resolve(stored_path)
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
+            with Image.open(self.resolve(stored_path)) as img:
+                return img.convert("RGB"), None
         except FileNotFoundError:
-            self.missing_count += 1
-            problem = "image file not found"
+            return None, "missing"
         except (UnidentifiedImageError, OSError) as err:
+            return None, f"unreadable: {err}"
+
+    def record(self, stored_path: str, problem: str | None):
+        """Count a problem reported by :meth:`load` and apply the policy: raise, or return a placeholder."""
+        from PIL import Image
+
+        if problem is None:
+            return None
+        if problem == "missing":
+            self.missing_count += 1
+        else:
             self.unreadable_count += 1
-            problem = f"image cannot be decoded ({err})"
         if self.missing == "error":
-            raise DataFormatError(path, f"{problem} (stored path {stored_path!r})",
+            raise DataFormatError(self.resolve(stored_path), f"image {problem} (stored path {stored_path!r})",
                                   fix="check --image-root, or use missing='placeholder' to substitute and count")
         return Image.new("RGB", (self.placeholder_size, self.placeholder_size), (128, 128, 128))
+
+    def open(self, stored_path: str):
+        """Decode the image as RGB; a missing or undecodable file is counted, then raises or gives a
+        grey placeholder according to the policy."""
+        image, problem = self.load(stored_path)
+        return image if problem is None else self.record(stored_path, problem)
 
 
 def decode_image_bytes(data: bytes):

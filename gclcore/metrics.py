@@ -97,6 +97,42 @@ def ranked_grades(qrels: dict[str, dict[str, float]], run: dict[str, dict[str, f
                         np.asarray(in_run, dtype=bool), qids)
 
 
+def ranked_grades_from_topk(topk_index: np.ndarray, topk_scores: np.ndarray, judged_query: np.ndarray,
+                            judged_doc: np.ndarray, judged_grade: np.ndarray, doc_id_rank: np.ndarray,
+                            query_ids: list[str]) -> RankedGrades:
+    """The evaluator's fast path: :class:`RankedGrades` straight from a top-k search, without dicts.
+
+    Args:
+        topk_index, topk_scores: (Q, K) corpus indices and scores in the run's order (the order the run
+            file is written in, hence the Python order).
+        judged_query, judged_doc, judged_grade: the qrels as parallel arrays: query row (0..Q-1), corpus
+            index (-1 for a judged document absent from the corpus: it still counts in IDCG and |R_q|)
+            and grade.
+        doc_id_rank: (N,) rank of each corpus document id in string order (trec_eval's tie-break).
+        query_ids: the Q query keys.
+    """
+    n_queries, depth = topk_index.shape
+    n_docs = max(len(doc_id_rank), 1)
+    inside = judged_doc >= 0
+    keys = judged_query[inside].astype(np.int64) * n_docs + judged_doc[inside]
+    order = np.argsort(keys, kind="stable")
+    keys, grades = keys[order], judged_grade[inside][order].astype(np.float64)
+    wanted = np.arange(n_queries, dtype=np.int64)[:, None] * n_docs + topk_index
+    position = np.clip(np.searchsorted(keys, wanted), 0, max(len(keys) - 1, 0))
+    found = (keys[position] == wanted) if len(keys) else np.zeros_like(wanted, dtype=bool)
+    python = np.where(found, grades[position] if len(keys) else 0.0, 0.0)
+    trec_order = np.lexsort((-doc_id_rank[topk_index], -topk_scores.astype(np.float64)), axis=-1)
+    trec = np.take_along_axis(python, trec_order, axis=1)
+    # ideal: every judged grade per query, descending, zero-padded
+    counts = np.bincount(judged_query, minlength=n_queries)
+    by_query = np.lexsort((-judged_grade, judged_query))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    column = np.arange(len(by_query)) - starts[judged_query[by_query]]
+    ideal = np.zeros((n_queries, max(int(counts.max(initial=0)), 1)))
+    ideal[judged_query[by_query], column] = judged_grade[by_query]
+    return RankedGrades(trec, python, ideal, np.ones(n_queries, dtype=bool), list(query_ids))
+
+
 def _at(cumulative: np.ndarray, k: int) -> np.ndarray:
     """``cumulative[:, k-1]`` where the ranked list may be shorter than k (then the last column)."""
     return cumulative[:, min(k, cumulative.shape[1]) - 1]

@@ -138,6 +138,24 @@ class Encoder:
             flush()
         return torch.cat(out) if out else torch.empty((0, self.embed_dim))
 
+    @torch.no_grad()
+    def encode_image_files(self, stored_paths: list[str], resolver, batch_size: int = 128,
+                           workers: int | None = None, progress: bool = False) -> torch.Tensor:
+        """Embed images given by stored (publisher) paths, resolved by basename; decoding runs in
+        DataLoader workers (:func:`gclcore.loaders.iterate_images`)."""
+        from tqdm.auto import tqdm
+
+        from gclcore.loaders import iterate_images
+
+        self.model.eval()
+        out = []
+        batches = iterate_images(stored_paths, resolver, self.preprocess, batch_size, workers)
+        for pixels in tqdm(batches, desc="encode images", total=-(-len(stored_paths) // batch_size),
+                           disable=not progress):
+            with self._autocast():
+                out.append(self.model.encode_image(pixels.to(self.device), normalize=True).float().cpu())
+        return torch.cat(out) if out else torch.empty((0, self.embed_dim))
+
     def _autocast(self):
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)

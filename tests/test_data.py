@@ -141,7 +141,7 @@ def test_image_resolver_uses_basename_only(quirks):
     colours = [resolver.open(p).getpixel((4, 4)) for p in df["image_local"].iloc[:3]]
     assert colours[0][0] > 150 and colours[1][1] > 150 and colours[2][2] > 150  # webp red, jpg green, png blue
     assert resolver.resolve("C:\\data\\imgs\\x.webp") == quirks / "images" / "x.webp"
-    with pytest.raises(DataFormatError, match="image file not found"):
+    with pytest.raises(DataFormatError, match="image missing"):
         resolver.open("/MarqoData/none.webp")
     lenient = data.ImageResolver(quirks / "images", missing="placeholder", placeholder_size=4)
     assert lenient.open("/x/none.webp").size == (4, 4) and lenient.open("/x/broken.webp").size == (4, 4)

@@ -136,3 +136,31 @@ def test_summary_row_and_cli(tmp_path, capsys):
     assert list(row) == ["mAP@1000", "mrr@1000", "NDCG@10", "mERR", "mRBP7", "mRBP8", "mRBP9"]
     (tmp_path / "bad.json").write_text("[1, 2]")
     assert metrics.main([str(tmp_path / "qrels.json"), str(tmp_path / "bad.json")]) == 2
+
+
+@settings(max_examples=150, deadline=None)
+@given(graded_runs())
+def test_fast_topk_path_equals_dict_path(case):
+    """The evaluator's array path gives the same per-query values as the dict path."""
+    qrels, run = case
+    queries = [q for q in qrels if q in run and run[q]]
+    corpus = sorted({d for q in queries for d in run[q]} | {"unjudged-extra"})
+    position = {d: i for i, d in enumerate(corpus)}
+    depth = max((len(run[q]) for q in queries), default=0)
+    if not queries or depth == 0:
+        return
+    # pad short runs with the extra unjudged document at a score below every real one
+    index = np.array([[position[d] for d in run[q]] + [position["unjudged-extra"]] * (depth - len(run[q]))
+                      for q in queries])
+    scores = np.array([list(run[q].values()) + [-1.0] * (depth - len(run[q])) for q in queries])
+    python_order = np.argsort(-scores, axis=1, kind="stable")
+    index, scores = np.take_along_axis(index, python_order, 1), np.take_along_axis(scores, python_order, 1)
+    triples = [(qi, position.get(d, -1), g) for qi, q in enumerate(queries) for d, g in qrels[q].items()]
+    jq, jd, jg = (np.array(t) for t in zip(*triples))
+    id_rank = np.argsort(np.argsort(np.asarray(corpus)))
+    fast = metrics.per_query_arrays(metrics.ranked_grades_from_topk(index, scores, jq, jd, jg.astype(float),
+                                                                    id_rank, queries), KS)
+    slow = metrics.per_query_arrays(metrics.ranked_grades({q: qrels[q] for q in queries},
+                                                          {q: run[q] for q in queries}), KS)
+    for name in slow:
+        assert np.allclose(fast[name], slow[name], atol=1e-12), name

@@ -1,0 +1,62 @@
+"""Datasets and DataLoaders: image decoding and preprocessing run in worker processes.
+
+:class:`ImageFiles` serves preprocessed images for a list of stored (publisher) image paths. Workers
+cannot update the main process's :class:`~gclcore.data.ImageResolver` counters, so each item carries a
+status code and :func:`iterate_images` applies the resolver's policy (raise, or count and use a
+placeholder) in the main process: nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gclcore.data import ImageResolver
+
+OK, MISSING, UNREADABLE = 0, 1, 2
+
+
+def default_workers() -> int:
+    """DataLoader workers: one per core beyond the main process, at most 8 (0 on a 1-core machine)."""
+    return min(8, max(0, (os.cpu_count() or 1) - 1))
+
+
+class ImageFiles(Dataset):
+    """Item i: ``(transform(image), status)`` for ``stored_paths[i]`` resolved under the resolver's root;
+    a missing / undecodable image yields the transformed grey placeholder and a non-OK status."""
+
+    def __init__(self, stored_paths: list[str], resolver: ImageResolver, transform: Callable):
+        self.paths, self.resolver, self.transform = list(stored_paths), resolver, transform
+        self._placeholder = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        image, problem = self.resolver.load(self.paths[i])
+        if problem is None:
+            return self.transform(image), OK
+        size = self.resolver.placeholder_size
+        return self.transform(Image.new("RGB", (size, size), (128, 128, 128))), \
+            MISSING if problem == "missing" else UNREADABLE
+
+
+def iterate_images(stored_paths: list[str], resolver: ImageResolver, transform: Callable, batch_size: int = 128,
+                   workers: int | None = None) -> Iterator[torch.Tensor]:
+    """Batches of preprocessed images in order, decoded in ``workers`` processes; problems are counted on
+    ``resolver`` (and raise there if its policy is ``"error"``)."""
+    workers = default_workers() if workers is None else workers
+    dataset = ImageFiles(stored_paths, resolver, transform)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers if len(dataset) > batch_size else 0,
+                        shuffle=False)
+    start = 0
+    for pixels, status in loader:
+        for j in torch.nonzero(status != OK).flatten().tolist():
+            resolver.record(stored_paths[start + j], "missing" if status[j] == MISSING else "unreadable")
+        start += len(status)
+        yield pixels

@@ -1,0 +1,137 @@
+"""The evaluation protocol: grade transform, weighted query sampling and qrels against literal ports of
+the published procedure; outputs, caching and CLI end to end on the synth shop."""
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gclcore import evaluate, metrics
+from gclcore.evaluate import Field
+
+
+def test_grade_transform_float_quirk():
+    s = np.arange(1, 101)
+    grades = evaluate.reference_grades(s)
+    differs = {int(a): int(b) for a, b in zip(s, grades) if a != b}
+    assert differs == {28: 27, 55: 54, 60: 59}
+    assert evaluate.reference_grades(np.array([7, 7, 7])).tolist() == [1, 1, 1]
+    assert evaluate.reference_grades(np.arange(2, 101))[:3].tolist() == [1, 2, 3]  # spans 2..100: shifted
+
+
+def reference_sampling(frame: pd.DataFrame, top_q: int) -> list:
+    """Literal port of the published steps with pandas: groupby-sum, DataFrame.sample, sort_values."""
+    sums = frame[["qkey", "grade"]].groupby("qkey").sum()
+    n = min(top_q, len(sums))
+    sampled = sums.sample(n=n, weights=sums["grade"], random_state=1, replace=False)
+    return sampled.sort_values("grade", ascending=False).index.tolist()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sampling_equals_pandas_sample(seed):
+    rng = np.random.default_rng(seed)
+    n_rows = 3000
+    frame = pd.DataFrame({"qkey": [f"q{int(i)}_{{!@#~}}_" for i in rng.integers(0, 400, n_rows)],
+                          "grade": rng.integers(1, 101, n_rows)})
+    ours = evaluate.sample_queries(frame["qkey"], frame["grade"].to_numpy(), top_q=50)
+    theirs = reference_sampling(frame, 50)
+    assert set(ours) == set(theirs)
+    sums = frame.groupby("qkey")["grade"].sum()
+    assert sums[ours].is_monotonic_decreasing
+    assert evaluate.sample_queries(frame["qkey"], frame["grade"].to_numpy(), top_q=-1) != []
+
+
+def test_qrels_equal_literal_reference(tiny_shop):
+    from gclcore.data import read_split_csv
+
+    frame = read_split_csv(tiny_shop / "query_0_product_id_0.csv")
+    keys = evaluate.query_keys(frame)
+    grades = evaluate.reference_grades(frame["score_linear"])
+    sampled = evaluate.sample_queries(keys, grades, top_q=10)
+    ours = evaluate.build_qrels(frame, keys, grades, sampled, top_k=5)
+    literal = {}
+    for key in sampled:
+        rows = frame[keys == key].assign(grade=grades[(keys == key).to_numpy()])
+        rows = rows.sort_values("grade", ascending=False, kind="stable").head(5)
+        literal[key] = {str(p): int(round(g)) for p, g in zip(rows["product_id"], rows["grade"])}
+    assert ours == literal and all(k.endswith("_{!@#~}_") for k in ours)
+
+
+class HashEncoder:
+    """Deterministic fake encoder: an embedding per string/path from its hash; counts calls."""
+
+    def __init__(self, tag="a"):
+        self.tag, self.calls = tag, 0
+
+    def _embed(self, items):
+        self.calls += 1
+        rows = [np.random.default_rng(int(hashlib.sha256((self.tag + s).encode()).hexdigest()[:8], 16)).normal(size=16)
+                for s in items]
+        return torch.nn.functional.normalize(torch.tensor(np.array(rows), dtype=torch.float32), dim=1)
+
+    def encode_text(self, texts):
+        return self._embed(texts)
+
+    def encode_image_files(self, paths, resolver):
+        return self._embed([str(resolver.resolve(p)) for p in paths])
+
+    def checksum(self):
+        return self.tag
+
+
+def test_outputs_match_an_independent_metric_pass(tiny_shop, tmp_path):
+    enc = HashEncoder()
+    result = evaluate.evaluate_split(enc, tiny_shop, "in_domain", tmp_path, image_root=tiny_shop / "images",
+                                     rhs_fields=(Field("image_local", 0.9), Field("title", 0.1)), top_k=50,
+                                     progress=False)
+    qrels = json.loads((tmp_path / "gt_results.json").read_text())
+    run = json.loads((tmp_path / "retrieval.json").read_text())
+    assert list(qrels) == list(run) and all(len(v) == 50 for v in run.values())
+    assert metrics.evaluate_run(qrels, run, ks=(1, 3, 5, 10, 50)) == pytest.approx(result.metrics)
+    summary = pd.read_csv(tmp_path / "output.csv")
+    assert list(summary.columns) == ["mAP@50", "mrr@50", "NDCG@10", "mERR", "mRBP7", "mRBP8", "mRBP9"]
+    assert len(pd.read_csv(tmp_path / "per_query.csv")) == len(qrels)
+
+
+def test_query_sample_and_caches_are_reused_but_never_stale(tiny_shop, tmp_path):
+    enc = HashEncoder()
+    kwargs = dict(image_root=tiny_shop / "images", top_k=20, progress=False)
+    first = evaluate.evaluate_split(enc, tiny_shop, "novel_query", tmp_path, top_q=5, **kwargs)
+    calls = enc.calls
+    again = evaluate.evaluate_split(enc, tiny_shop, "novel_query", tmp_path, top_q=3, **kwargs)
+    assert enc.calls == calls                              # both embeddings from the cache
+    assert list(again.per_query.index) == list(first.per_query.index)  # gt_results.json fixes the queries
+    evaluate.evaluate_split(enc, tiny_shop, "novel_query", tmp_path, rhs_fields=(Field("title"),), **kwargs)
+    assert enc.calls == calls + 1                          # new fields: corpus re-embedded, queries cached
+    other = HashEncoder("b")
+    evaluate.evaluate_split(other, tiny_shop, "novel_query", tmp_path, **kwargs)
+    assert other.calls == 2                                # other weights: nothing reused
+
+
+def test_shipped_dev_ground_truth_as_query_set(tiny_shop, tmp_path):
+    result = evaluate.evaluate_split(HashEncoder(), tiny_shop, "query_0_product_id_0", tmp_path,
+                                     image_root=tiny_shop / "images", query_set="dev", top_k=20, progress=False)
+    dev = json.loads((tiny_shop / "query_0_product_id_0_gt_dev.json").read_text())
+    assert len(result.per_query) == len(dev)
+
+
+def test_field_parsing():
+    assert evaluate.parse_fields("image_local=0.9, title=0.1") == (Field("image_local", 0.9), Field("title", 0.1))
+    assert evaluate.parse_fields("query") == (Field("query", 1.0),)
+    with pytest.raises(ValueError, match="name=weight"):
+        evaluate.parse_fields("title=heavy")
+    with pytest.raises(ValueError, match="positive weight"):
+        evaluate.parse_fields("title=0")
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_with_the_default_model(tiny_shop, tmp_path, capsys):
+    assert evaluate.main(["--data-dir", str(tiny_shop), "--image-root", str(tiny_shop / "images"),
+                          "--output-dir", str(tmp_path), "--rhs-fields", "image_local=0.9,title=0.1",
+                          "--device", "cpu"]) == 0
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert table["name"].tolist() == ["in_domain", "novel_query", "novel_document", "zero_shot"]
+    assert table["NDCG@10"].between(0, 1).all() and table["mERR"].gt(0).all()
+    assert "zero_shot" in capsys.readouterr().out
