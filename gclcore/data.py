@@ -609,6 +609,12 @@ def write_parquet_split(frame: pd.DataFrame, resolver: ImageResolver, out_path: 
 # Atomic rewriting of image paths (the equivalent of the publisher's change_image_paths.py)
 # --------------------------------------------------------------------------------------------------
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class atomic_write:
     """Context manager: write to a temporary file beside ``path``, fsync, then ``os.replace`` it in.
 
@@ -633,8 +639,8 @@ class atomic_write:
                 os.fsync(self._fh.fileno())
             self._fh.close()
             if exc_type is None:
-                if self.path.exists():
-                    os.chmod(self._tmp, self.path.stat().st_mode & 0o777)
+                # keep an existing file's mode; new files get the usual 0666 & ~umask, not mkstemp's 0600
+                os.chmod(self._tmp, self.path.stat().st_mode & 0o777 if self.path.exists() else 0o666 & ~_umask())
                 os.replace(self._tmp, self.path)
         finally:
             if os.path.exists(self._tmp):

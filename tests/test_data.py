@@ -265,3 +265,16 @@ def test_cli_to_parquet(tiny_shop, tmp_path):
     split = data.ParquetSplit(tmp_path / "hf", "zero_shot")
     csv_rows = data.read_split_csv(tiny_shop / "query_1_product_id_1.csv")
     assert len(split) == len(csv_rows) and split.image(0).size == (48, 48)
+
+
+def test_atomic_write_gives_new_files_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with data.atomic_write(tmp_path / "new.txt") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o644

@@ -1,0 +1,198 @@
+"""The GCL loss: weighted in-batch contrastive cross-entropy over (query, document, weight) triplets.
+
+Reconstruction (gcl-method.md section 2; the paper's exact equation is not public). For a batch of N
+triplets with unit embeddings ``L_i`` (query side) and ``R_i`` (document side), weights ``w_i`` and
+logit scale ``t``::
+
+    z_ij  = t * L_i . R_j
+    w~_i  = normalise(w)_i                                     (weight_norm)
+    l_LR  = -(1/N) sum_i w~_i sum_j T_ij log softmax_j(z_i.)    query -> documents of the batch
+    l_RL  = -(1/N) sum_i w~_i sum_j U_ij log softmax_j(z_.i)    document -> queries of the batch
+    L     = a * l_LR + (1 - a) * l_RL                           (direction; a = 1/2 is CLIP's symmetric mean)
+
+Targets ``T`` / ``U`` depend on how in-batch pairs that share a query or a product are treated
+(``duplicates``):
+
+- ``"negatives"``: T = U = identity: the paper's diagonal weighted ground-truth matrix; other positives
+  of the same query are treated as negatives;
+- ``"mask"``: identity targets, and logits of other pairs sharing the row's query or product are
+  removed from that row's softmax (they are neither positive nor negative);
+- ``"positives"``: graded multi-positive targets: in row i, column j is a positive with weight ``w_j``
+  if it shares i's query (the pair (q_i, d_j) is judged), or ``w_i`` if it shares i's product; each
+  row's targets are normalised to sum to 1.
+
+With ``w == 1``, ``weight_norm="mean"``, ``direction=0.5`` and ``duplicates="negatives"`` this is exactly
+open_clip's ``ClipLoss`` (tested). The gradient w.r.t. row i's logits is ``w~_i (softmax(z_i) - T_i) / N``:
+a high-weight pair pulls harder toward its positive and pushes harder from that row's negatives.
+
+Weight normalisation (``weight_norm``): ``"none"`` raw weights; ``"mean"`` ``w / mean(w)`` over the (global)
+batch, which keeps CLIP's loss scale (and makes the loss a weighted average of row losses); ``"sum"``
+``w / sum(w)``, i.e. ``"mean"`` divided by N.
+
+Cross-device negatives: ``gather`` (default: none) maps each local tensor to ``(global tensor, offset of
+the local rows)``; logits are then local rows x global columns, as open_clip's ``local_loss`` with
+``gather_with_grad``, and the weights and ids are gathered too. :func:`all_gather_with_grad` is the
+torch.distributed implementation; DDP is a configuration, not a rewrite.
+
+fp16 / bf16 inputs (autocast) are upcast: the loss arithmetic always runs in float32 or wider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gclcore.fusion import fuse
+
+Gather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Concatenate ``tensor`` from every rank (gradients flow back to each rank's slice)."""
+    import torch.distributed as dist
+    import torch.distributed.nn
+
+    parts = torch.distributed.nn.functional.all_gather(tensor)
+    return torch.cat(parts, dim=0), dist.get_rank() * tensor.shape[0]
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def normalise_weights(weights: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "none":
+        return weights
+    if mode == "mean":
+        return weights / weights.mean().clamp_min(1e-12)
+    if mode == "sum":
+        return weights / weights.sum().clamp_min(1e-12)
+    raise ValueError(f"weight_norm must be none, mean or sum, not {mode!r}")
+
+
+class GCLLoss(nn.Module):
+    """Weighted symmetric contrastive loss (see the module docstring for the formula and options).
+
+    Args:
+        weight_norm: ``"none"`` | ``"mean"`` | ``"sum"``.
+        direction: weight ``a`` of the query->document term (0.5: symmetric; 1: query->document only).
+        duplicates: ``"negatives"`` | ``"mask"`` | ``"positives"``.
+        gather: cross-rank gather (see :data:`Gather`); None for a single process.
+    """
+
+    def __init__(self, weight_norm: Literal["none", "mean", "sum"] = "mean", direction: float = 0.5,
+                 duplicates: Literal["negatives", "mask", "positives"] = "negatives", gather: Gather | None = None):
+        super().__init__()
+        if not 0.0 <= direction <= 1.0:
+            raise ValueError("direction must be in [0, 1]")
+        if duplicates not in ("negatives", "mask", "positives"):
+            raise ValueError(f"duplicates must be negatives, mask or positives, not {duplicates!r}")
+        normalise_weights(torch.ones(1), weight_norm)  # validates the mode
+        self.weight_norm, self.direction, self.duplicates, self.gather = weight_norm, direction, duplicates, gather
+
+    def forward(self, query: torch.Tensor, doc: torch.Tensor, logit_scale: torch.Tensor,
+                weights: torch.Tensor | None = None, query_ids: torch.Tensor | None = None,
+                doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss of a batch.
+
+        Args:
+            query, doc: (N, d) L2-normalised embeddings of the pairs' two sides.
+            logit_scale: scalar ``t`` (already exponentiated, as open_clip's ``logit_scale.exp()``).
+            weights: (N,) pair weights (STW output); None means all ones.
+            query_ids, doc_ids: (N,) integer ids, needed unless ``duplicates="negatives"``.
+        """
+        n = query.shape[0]
+        query, doc = _at_least_float32(query), _at_least_float32(doc)
+        weights = torch.ones(n, device=query.device) if weights is None else weights
+        weights = weights.to(device=query.device, dtype=query.dtype)
+        offset = 0
+        all_query, all_doc, all_weights, all_qids, all_dids = query, doc, weights, query_ids, doc_ids
+        if self.gather is not None:
+            all_query, offset = self.gather(query)
+            all_doc, _ = self.gather(doc)
+            all_weights, _ = self.gather(weights)
+            all_qids = self.gather(query_ids)[0] if query_ids is not None else None
+            all_dids = self.gather(doc_ids)[0] if doc_ids is not None else None
+        w = normalise_weights(all_weights, self.weight_norm)[offset:offset + n]
+        scale = logit_scale.to(query.dtype)
+        logits_lr = scale * query @ all_doc.T          # local queries x all documents
+        logits_rl = scale * doc @ all_query.T          # local documents x all queries
+        rows = torch.arange(n, device=query.device) + offset
+        if self.duplicates == "negatives":
+            targets_lr = targets_rl = None
+        else:
+            if query_ids is None or doc_ids is None:
+                raise ValueError(f"duplicates={self.duplicates!r} needs query_ids and doc_ids")
+            same_q = all_qids[rows, None] == all_qids[None, :]     # (n, N_all)
+            same_d = all_dids[rows, None] == all_dids[None, :]
+            if self.duplicates == "mask":
+                other = (same_q | same_d)
+                other[torch.arange(n), rows] = False
+                logits_lr = logits_lr.masked_fill(other, float("-inf"))
+                logits_rl = logits_rl.masked_fill(other, float("-inf"))
+                targets_lr = targets_rl = None
+            else:
+                local_w = all_weights[rows]
+                zero = torch.zeros((), device=query.device)
+                # row i, column j: pair (q_i, d_j) judged with weight w_j if same query, w_i if same product
+                targets_lr = torch.where(same_q, all_weights[None, :], torch.where(same_d, local_w[:, None], zero))
+                targets_rl = torch.where(same_d, all_weights[None, :], torch.where(same_q, local_w[:, None], zero))
+                targets_lr = targets_lr / targets_lr.sum(1, keepdim=True)
+                targets_rl = targets_rl / targets_rl.sum(1, keepdim=True)
+        loss_lr = self._rows(logits_lr, rows, targets_lr)
+        loss_rl = self._rows(logits_rl, rows, targets_rl)
+        return (self.direction * (w * loss_lr).sum() + (1 - self.direction) * (w * loss_rl).sum()) / n
+
+    @staticmethod
+    def _rows(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """Per-row cross-entropy against the diagonal (targets None) or a target distribution."""
+        log_p = F.log_softmax(logits, dim=1)
+        if targets is None:
+            return -log_p[torch.arange(len(rows)), rows]
+        return -(targets * torch.where(targets > 0, log_p, torch.zeros_like(log_p))).sum(1)
+
+
+def multi_field_loss(loss: GCLLoss, lhs: Mapping[str, torch.Tensor], rhs: Mapping[str, torch.Tensor],
+                     logit_scale: torch.Tensor, weights: torch.Tensor | None = None, *,
+                     lhs_weights: Mapping[str, float], rhs_weights: Mapping[str, float],
+                     lhs_present: Mapping[str, torch.Tensor] | None = None,
+                     rhs_present: Mapping[str, torch.Tensor] | None = None,
+                     mode: Literal["fused", "pairs", "both"] = "fused",
+                     pair_weights: Mapping[tuple[str, str], float] | None = None,
+                     query_ids=None, doc_ids=None) -> torch.Tensor:
+    """GCL over several fields per side.
+
+    ``"fused"``: one loss on the weighted-average embeddings (:func:`gclcore.fusion.fuse`, missing fields
+    weight 0); ``"pairs"``: ``sum_(a,b) lambda_ab * L(L^a, R^b)`` over field pairs (the FashionCLIP hint;
+    ``pair_weights`` default 1 for every pair; rows where a field is missing get weight 0 in that pair's
+    term); ``"both"``: their sum.
+    """
+    n = next(iter(lhs.values())).shape[0]
+    weights = torch.ones(n, device=next(iter(lhs.values())).device) if weights is None else weights
+    total = torch.zeros((), device=weights.device)
+    if mode in ("fused", "both"):
+        fused = []
+        for side, fields, base, present in ((lhs, list(lhs), lhs_weights, lhs_present),
+                                            (rhs, list(rhs), rhs_weights, rhs_present)):
+            mask = None if present is None else torch.stack([present[f] for f in fields], dim=1)
+            fused.append(fuse([side[f] for f in fields], [base[f] for f in fields], mask))
+        total = total + loss(fused[0], fused[1], logit_scale, weights, query_ids, doc_ids)
+    if mode in ("pairs", "both"):
+        for a, left in lhs.items():
+            for b, right in rhs.items():
+                lam = 1.0 if pair_weights is None else pair_weights.get((a, b), 0.0)
+                if lam == 0:
+                    continue
+                w = weights
+                for present, name in ((lhs_present, a), (rhs_present, b)):
+                    if present is not None:
+                        w = w * present[name].to(w.dtype)
+                total = total + lam * loss(F.normalize(left, dim=-1), F.normalize(right, dim=-1),
+                                           logit_scale, w, query_ids, doc_ids)
+    if mode not in ("fused", "pairs", "both"):
+        raise ValueError(f"mode must be fused, pairs or both, not {mode!r}")
+    return total
