@@ -182,7 +182,9 @@ def embed_items(encoder: TextImageEncoder, table: pd.DataFrame, fields: tuple[Fi
     return fuse(per_field, [f.weight for f in fields], mask)
 
 
-def _cached(path: Path, compute):
+def _cached(path: Path | None, compute):
+    if path is None:
+        return compute()
     if path.exists():
         return torch.load(path, map_location="cpu", weights_only=True)
     value = compute()
@@ -209,9 +211,13 @@ def evaluate_split(encoder: TextImageEncoder, data_dir: str | os.PathLike, split
                    lhs_fields: tuple[Field, ...] = (Field("query"),),
                    rhs_fields: tuple[Field, ...] = (Field("image_local"),), weight_key: str = "score_linear",
                    top_q: int = 2000, top_k: int = 1000, query_set: str = "sampled",
-                   ks: tuple[int, ...] | None = None, cache_dir: str | os.PathLike | None = None,
+                   ks: tuple[int, ...] | None = None, cache_dir: str | os.PathLike | None | bool = None,
                    progress: bool = True) -> SplitResult:
-    """Evaluate one split (a CSV stem or HF split name) and write the reference outputs to ``output_dir``."""
+    """Evaluate one split (a CSV stem or HF split name) and write the reference outputs to ``output_dir``.
+
+    Embeddings are cached under ``cache_dir`` (default ``output_dir/cache``), keyed by the model checksum,
+    fields, field weights and data; ``cache_dir=False`` turns caching off (weights that keep changing).
+    """
     files = split_files(data_dir, split)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +230,11 @@ def evaluate_split(encoder: TextImageEncoder, data_dir: str | os.PathLike, split
     timings["qrels_s"] = time.perf_counter() - t0
 
     resolver = ImageResolver(image_root, missing="placeholder") if image_root is not None else None
-    cache = Path(cache_dir) if cache_dir is not None else out / "cache"
+    cache = None if cache_dir is False else Path(cache_dir) if cache_dir is not None else out / "cache"
+
+    def cache_file(name: str) -> Path | None:
+        return None if cache is None else cache / name
+
     t1 = time.perf_counter()
     first_rows = frame.assign(_key=keys.to_numpy()).drop_duplicates("_key").set_index("_key")
     query_table = first_rows.loc[[k for k in sampled if k in first_rows.index]]
@@ -232,12 +242,12 @@ def evaluate_split(encoder: TextImageEncoder, data_dir: str | os.PathLike, split
         missing = [k for k in sampled if k not in first_rows.index]
         raise DataFormatError(files.csv, f"{len(missing)} ground-truth queries not in the split CSV, e.g. {missing[0]!r}")
     query_tag = hashlib.sha256("\n".join(sampled).encode()).hexdigest()[:16]
-    query_emb = _cached(cache / f"queries-{encoder.checksum()}-{_fields_tag(lhs_fields)}-{query_tag}.pt",
+    query_emb = _cached(cache_file(f"queries-{encoder.checksum()}-{_fields_tag(lhs_fields)}-{query_tag}.pt"),
                         lambda: embed_items(encoder, query_table, lhs_fields, resolver))
     corpus = read_corpus(files.corpus)
     corpus_tag = _file_digest(files.corpus) + ("-" + hashlib.sha256(str(Path(image_root).resolve()).encode())
                                                .hexdigest()[:8] if image_root is not None else "")
-    corpus_emb = _cached(cache / f"corpus-{encoder.checksum()}-{_fields_tag(rhs_fields)}-{corpus_tag}.pt",
+    corpus_emb = _cached(cache_file(f"corpus-{encoder.checksum()}-{_fields_tag(rhs_fields)}-{corpus_tag}.pt"),
                          lambda: embed_items(encoder, corpus, rhs_fields, resolver))
     timings["embed_s"] = time.perf_counter() - t1
 

@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -95,7 +95,6 @@ class Encoder:
     name: str
     pretrained: str | None
     device: torch.device
-    _checksum: str | None = field(default=None, repr=False)
 
     @property
     def embed_dim(self) -> int:
@@ -163,16 +162,14 @@ class Encoder:
 
     def checksum(self) -> str:
         """SHA-256 of the model's parameters and buffers (names, shapes, bytes): the cache key of
-        anything computed with these weights."""
-        if self._checksum is None:
-            digest = hashlib.sha256()
-            for name, tensor in sorted(self.model.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(str(tuple(tensor.shape)).encode())
-                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-                              if tensor.numel() else b"")
-            self._checksum = digest.hexdigest()[:16]
-        return self._checksum
+        anything computed with these weights. Recomputed on every call: the weights may be training."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                          if tensor.numel() else b"")
+        return digest.hexdigest()[:16]
 
 
 def load_encoder(model: str = "default", pretrained: str | None = None, device: str | torch.device | None = None,
