@@ -162,20 +162,29 @@ def read_split_csv(path: str | os.PathLike, *, columns: Iterable[str] | None = N
         report.malformed_rows.append((row.number, row.text[:120], row.expected_columns, row.actual_columns))
         return "skip" if on_malformed == "skip" else "error"
 
-    # Everything is read as text first: numeric conversion is done below so that a bad value can be
-    # reported with its row and column instead of a bare pyarrow conversion error.
     null_values = list(PANDAS_NA_STRINGS) if keep_default_na else [""]
-    try:
-        table = pacsv.read_csv(
+
+    def read(numeric_as_text: bool) -> pa.Table:
+        types = {name: pa.int64() if name in INT_COLUMNS and not numeric_as_text else
+                 pa.float64() if name in FLOAT_COLUMNS and not numeric_as_text else pa.string() for name in wanted}
+        return pacsv.read_csv(
             path,
             parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=wanted,
-                column_types={name: pa.string() for name in wanted},
-                null_values=null_values, strings_can_be_null=True, quoted_strings_can_be_null=True,
-            ),
+            convert_options=pacsv.ConvertOptions(include_columns=wanted, column_types=types, null_values=null_values,
+                                                 strings_can_be_null=True, quoted_strings_can_be_null=True),
             read_options=pacsv.ReadOptions(block_size=64 << 20),
         )
+
+    try:
+        try:
+            table = read(numeric_as_text=False)  # the fast path: numbers parsed by pyarrow
+        except pa.ArrowInvalid:
+            if report.malformed_rows and on_malformed == "error":
+                raise
+            # a value pyarrow cannot parse as a number: re-read those columns as text so that the bad
+            # value is reported with its row and column (or accepted, e.g. "100.0" in an int column)
+            report.malformed_rows.clear()
+            table = read(numeric_as_text=True)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as err:
         if on_malformed == "error" and report.malformed_rows:
             line, excerpt, expected, actual = report.malformed_rows[-1]
@@ -190,9 +199,7 @@ def read_split_csv(path: str | os.PathLike, *, columns: Iterable[str] | None = N
         column = table.column(name)
         if name in INT_COLUMNS or name in FLOAT_COLUMNS:
             frame[name] = _to_number(path, name, column, integer=name in INT_COLUMNS)
-        elif name in ID_COLUMNS:
-            frame[name] = _to_id_strings(column)
-        else:
+        else:  # ids and text exactly as written (what pandas.read_csv(dtype=str) gives), zero-copy
             frame[name] = _to_text(column)
     return pd.DataFrame(frame, columns=wanted)
 
@@ -215,17 +222,13 @@ def _csv_header(path: Path) -> list[str]:
     return header
 
 
-def _to_id_strings(column: pa.ChunkedArray) -> pd.Series:
-    # Ids are kept as strings exactly as written, but a float rendering such as "1.2e+19" (what a
-    # default pandas round trip produces) would never match the corpus keys: strip whitespace only.
-    return _to_text(pc.utf8_trim_whitespace(column))
-
-
 def _to_number(path: Path, name: str, column: pa.ChunkedArray, *, integer: bool) -> pd.Series:
+    if column.null_count:
+        first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataFormatError(path, f"{column.null_count} missing value(s)", row=first + 1, column=name)
+    if not pa.types.is_string(column.type):
+        return pd.Series(column.to_numpy())
     trimmed = pc.utf8_trim_whitespace(column)
-    if trimmed.null_count:
-        first = int(np.flatnonzero(trimmed.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataFormatError(path, f"{trimmed.null_count} missing value(s)", row=first + 1, column=name)
     try:
         return pd.Series(trimmed.cast(pa.int64() if integer else pa.float64()).to_numpy())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

@@ -33,14 +33,13 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from gclcore.data import ImageResolver, atomic_write, read_split_csv, split_files
 from gclcore.evaluate import Field, evaluate_split, parse_fields
@@ -63,7 +62,7 @@ class TrainConfig:
     # model
     model: str = "default"
     pretrained: str = ""
-    freeze: str = "trunks"                  # "trunks" (cached features, heads trained) | "none"
+    freeze: str = "auto"                    # "trunks" (cached features, heads trained) | "none" | "auto"
     # GCL
     stw: str = "linear"                     # see gclcore.weights; "constant" is the CLIP baseline
     lhs_fields: str = "query=1"
@@ -93,6 +92,7 @@ class TrainConfig:
     eval_every: int = 0                     # steps between evaluations (0: at the end only)
     eval_top_q: int = 2000
     eval_top_k: int = 1000
+    test_splits: str = ""                   # after training, the reference protocol on these splits ("all")
     output_dir: str = "runs/default"
     feature_cache_dir: str = ""             # "" -> <data_dir>/.feature-cache
     resume: str = ""                        # "" | "latest" | path to a state file
@@ -132,7 +132,8 @@ class TrainResult:
     checkpoint: Path
     steps: int
     samples_per_s: float = 0.0
-    extra: dict = field(default_factory=dict)
+    test: pd.DataFrame | None = None
+    """One summary row per split from ``test_splits`` (also in ``output_dir/test/results.csv``)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,6 +277,21 @@ class FullTowers:
             batch[f.name].to(device, non_blocking=True), normalize=True) for f in self.fields}
 
 
+def _locked(freeze: str, model) -> bool:
+    """``"auto"``: locked trunks when the towers can be split (the default model), else full fine-tuning."""
+    from gclcore.features import check_splittable
+
+    if freeze not in ("auto", "trunks", "none"):
+        raise ValueError(f"freeze must be auto, trunks or none, not {freeze!r}")
+    if freeze != "auto":
+        return freeze == "trunks"
+    try:
+        check_splittable(model)
+        return True
+    except ValueError:
+        return False
+
+
 def _split(batch, parts: int):
     if isinstance(batch, dict):
         pieces = {k: torch.chunk(v, parts) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -349,9 +365,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, **overrides) -
     image_root = cfg.image_root or (str(Path(cfg.data_dir) / "images") if (Path(cfg.data_dir) / "images").is_dir() else "")
     resolver = ImageResolver(image_root, missing="placeholder") if image_root else None
     rows = training_rows(cfg, list(lhs + rhs))
-    towers = (HeadTowers if cfg.freeze == "trunks" else FullTowers)(encoder, rows, lhs, rhs, resolver, cfg)
-    if cfg.freeze not in ("trunks", "none"):
-        raise ValueError(f"freeze must be trunks or none, not {cfg.freeze!r}")
+    towers = (HeadTowers if _locked(cfg.freeze, model) else FullTowers)(encoder, rows, lhs, rhs, resolver, cfg)
     weights = torch.tensor(rows["weight"].to_numpy(), dtype=torch.float32)
     qids = torch.tensor(rows["qid"].to_numpy())
     dids = torch.tensor(rows["did"].to_numpy())
@@ -496,6 +510,14 @@ def train(config: TrainConfig | dict | None = None, on_step=None, **overrides) -
     _save(checkpoint, {"epoch": epoch, "step": step, "name": cfg.model, "state_dict": model.state_dict()})
     if step > 0 or not any("eval/NDCG@10" in h for h in history):
         evaluate_now()
+    test = None
+    if cfg.test_splits:
+        from gclcore.evaluate import evaluate
+
+        model.eval()
+        test = evaluate(towers.eval_encoder, cfg.data_dir, out / "test", cfg.test_splits, image_root=image_root or None,
+                        lhs_fields=lhs, rhs_fields=rhs, top_q=cfg.eval_top_q, top_k=cfg.eval_top_k, cache_dir=False,
+                        progress=False)
     if writer is not None:
         writer.close()
     frame = pd.DataFrame(history)
@@ -503,7 +525,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, **overrides) -
     eval_rows = frame[frame["eval/NDCG@10"].notna()] if "eval/NDCG@10" in frame else frame.iloc[0:0]
     speeds = train_rows["samples_per_s"].to_numpy() if len(train_rows) else np.array([0.0])
     return TrainResult(out, train_rows.dropna(axis=1, how="all"), eval_rows.dropna(axis=1, how="all"),
-                       checkpoint, step, float(np.median(speeds)))
+                       checkpoint, step, float(np.median(speeds)), test)
 
 
 def _log(out: Path, row: dict, writer) -> None:

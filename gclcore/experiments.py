@@ -1,0 +1,94 @@
+"""The book's experiments: named training runs (a base config + overrides) and the tables they feed.
+
+An experiments file (``book/experiments.yaml``) holds::
+
+    base: {TrainConfig fields shared by every run}
+    runs: {name: {overrides}}                 e.g. clip-baseline: {stw: constant}
+    tables: {table name: [run names]}         e.g. stw: [clip-baseline, gcl-linear, stw-reciprocal]
+
+Command line (the Makefile calls ``run`` once per run, so unchanged runs are not redone)::
+
+    python -m gclcore.experiments list book/experiments.yaml
+    python -m gclcore.experiments run book/experiments.yaml NAME --out build/main/runs [--set key=value ...]
+
+A run writes ``<out>/<name>/`` (see :mod:`gclcore.train`), including ``test/results.csv``: the
+reference protocol's summary row on every split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from gclcore.train import TrainConfig, train
+
+
+def load(path: str | Path) -> dict:
+    spec = yaml.safe_load(Path(path).read_text()) or {}
+    for key in ("base", "runs"):
+        if key not in spec:
+            raise ValueError(f"{path}: missing top-level key {key!r}")
+    for table, names in (spec.get("tables") or {}).items():
+        unknown = [n for n in names if n not in spec["runs"]]
+        if unknown:
+            raise ValueError(f"{path}: table {table!r} names unknown runs {unknown}")
+    return spec
+
+
+def run_config(spec: dict, name: str, out: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """The full config of run ``name``: base, then the run's overrides, then command-line overrides."""
+    if name not in spec["runs"]:
+        raise ValueError(f"unknown run {name!r}; runs: {', '.join(spec['runs'])}")
+    values = {**spec["base"], **(spec["runs"][name] or {}), **(overrides or {})}
+    values["output_dir"] = str(Path(out) / name)
+    return TrainConfig.from_dict(values)
+
+
+def collect(spec: dict, out: str | Path) -> pd.DataFrame:
+    """Every finished run's test summary rows, with ``run`` and ``split`` columns (missing runs skipped
+    with a note)."""
+    frames = []
+    for name in spec["runs"]:
+        path = Path(out) / name / "test" / "results.csv"
+        if not path.exists():
+            print(f"note: run {name!r} has no results yet ({path})")
+            continue
+        frames.append(pd.read_csv(path).assign(run=name))
+    if not frames:
+        raise FileNotFoundError(f"no finished runs under {out}")
+    return pd.concat(frames, ignore_index=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gclcore.experiments", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_list = sub.add_parser("list")
+    p_list.add_argument("experiments")
+    p_run = sub.add_parser("run")
+    p_run.add_argument("experiments")
+    p_run.add_argument("name")
+    p_run.add_argument("--out", required=True)
+    p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    spec = load(args.experiments)
+    if args.command == "list":
+        print("\n".join(spec["runs"]))
+        return 0
+    overrides = dict(item.partition("=")[::2] for item in args.set)
+    overrides = {k: v for k, v in overrides.items() if v != ""}
+    try:
+        result = train(run_config(spec, args.name, args.out, overrides))
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if result.test is not None:
+        print(result.test.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
