@@ -28,12 +28,24 @@ BOOK_NAME  ?= main
 STAGE      := build/$(BOOK_NAME)
 HTML_DIR   ?= book
 
-NOTEBOOKS  := 01_explore_data 02_multi_split
+# training overrides for every run, e.g. RUN_OVERRIDES="epochs=2 batch_size=64"
+RUN_OVERRIDES ?=
+
+NOTEBOOKS  := 01_explore_data 02_multi_split 03_train 04_evaluate 05_paper_tables
 EXECUTED   := $(NOTEBOOKS:%=$(STAGE)/%.ipynb)
 PAGES      := $(wildcard book/*.md)
 GCLCORE    := $(wildcard gclcore/*.py gclcore/*/*.py gclcore/model_configs/*.json)
+EXPERIMENTS := book/experiments.yaml
+# run names: the keys of the `runs:` block of the experiments file
+RUNS       := $(shell sed -n '/^runs:/,/^[a-z]/p' $(EXPERIMENTS) | grep -oE '^  [a-z0-9-]+' | tr -d ' ')
+RUN_RESULTS := $(RUNS:%=$(STAGE)/runs/%/test/results.csv)
+EXPECTED_KEY := $(if $(filter $(SYNTH_DIR),$(DATA_DIR)),synth-$(PRESET)-seed$(SEED),)
 PARAMS      = -p data_dir $(abspath $(DATA_DIR)) -p image_root $(abspath $(IMAGE_ROOT)) \
-              -p model $(MODEL) -p pretrained '$(PRETRAINED)'
+              -p model $(MODEL) -p pretrained '$(PRETRAINED)' \
+              -p experiments_file $(abspath $(EXPERIMENTS)) -p expected_file $(abspath book/expected.yaml) \
+              -p expected_key '$(EXPECTED_KEY)' $(foreach o,$(RUN_OVERRIDES),-p $(subst =, ,$(o)))
+RUN_SETS    = --set data_dir=$(abspath $(DATA_DIR)) --set image_root=$(abspath $(IMAGE_ROOT)) \
+              --set model=$(MODEL) --set pretrained=$(PRETRAINED) $(foreach o,$(RUN_OVERRIDES),--set $(o))
 
 .PHONY: setup test book book-quick lab clean sync-notebooks check-notebooks
 
@@ -54,7 +66,7 @@ book: setup $(HTML_DIR)/_build/html/index.html
 	@echo "book: $(HTML_DIR)/_build/html/index.html"
 
 book-quick:
-	$(MAKE) book PRESET=tiny BOOK_NAME=quick HTML_DIR=build/quick
+	$(MAKE) book PRESET=tiny BOOK_NAME=quick HTML_DIR=build/quick RUN_OVERRIDES="batch_size=32 epochs=3"
 
 # The embedded default data: generated, never downloaded.
 $(SYNTH_DIR)/.done: gclcore/synth.py gclcore/splits.py gclcore/data.py | setup
@@ -67,11 +79,27 @@ $(STAGE)/%.ipynb: notebooks/%.ipynb notebooks/%.py $(GCLCORE) $(DATA_STAMP) | se
 	@mkdir -p $(STAGE)
 	$(VENV)/bin/papermill $< $@ $(PARAMS) --cwd $(STAGE) --execution-timeout 1800 --progress-bar
 
+# Training runs of the experiments file (the main GCL run, gcl-linear, is notebook 03 itself).
+$(STAGE)/runs/%/test/results.csv: $(EXPERIMENTS) $(GCLCORE) $(DATA_STAMP) | setup
+	$(PY) -m gclcore.experiments run $(EXPERIMENTS) $* --out $(STAGE)/runs $(RUN_SETS)
+
+$(STAGE)/runs/gcl-linear/test/results.csv: $(STAGE)/03_train.ipynb
+	@test -f $@
+
+$(STAGE)/03_train.ipynb: $(EXPERIMENTS)
+$(STAGE)/04_evaluate.ipynb: $(RUN_RESULTS)
+$(STAGE)/05_paper_tables.ipynb: $(RUN_RESULTS) book/expected.yaml
+
 $(STAGE)/%.md: book/%.md
 	@mkdir -p $(STAGE)
 	cp $< $@
 
-$(HTML_DIR)/_build/html/index.html: _config.yml _toc.yml $(PAGES:book/%=$(STAGE)/%) $(EXECUTED)
+# the performance page is bench/RESULTS.md
+$(STAGE)/performance.md: bench/RESULTS.md
+	@mkdir -p $(STAGE)
+	cp $< $@
+
+$(HTML_DIR)/_build/html/index.html: _config.yml _toc.yml $(PAGES:book/%=$(STAGE)/%) $(STAGE)/performance.md $(EXECUTED)
 	$(VENV)/bin/jupyter-book build $(STAGE) --config $(abspath _config.yml) --toc $(abspath _toc.yml) --path-output $(HTML_DIR) -W --keep-going
 
 lab: setup

@@ -108,6 +108,7 @@ def main():
         result["speedup"] = round(result["reference_s"] / ours_s, 1)
         result["max_abs_metric_diff"] = max(abs(fast[key] - slow[key]) for key in slow)
         result["metrics_compared"] = len(slow)
+        result["metrics_differing"] = {key: [fast[key], slow[key]] for key in slow if fast[key] != slow[key]}
     result["NDCG@10"], result["mERR"] = fast["NDCG@10"], fast["mERR"]
     print(json.dumps(result, indent=1))
 

@@ -40,10 +40,11 @@ def load(path: str | Path) -> dict:
 
 
 def run_config(spec: dict, name: str, out: str | Path, overrides: dict | None = None) -> TrainConfig:
-    """The full config of run ``name``: base, then the run's overrides, then command-line overrides."""
+    """The full config of run ``name``: the base, then ``overrides`` (data, model, budget), then the run's
+    own settings, which define the run and therefore win (``zero-shot`` keeps ``epochs: 0``)."""
     if name not in spec["runs"]:
         raise ValueError(f"unknown run {name!r}; runs: {', '.join(spec['runs'])}")
-    values = {**spec["base"], **(spec["runs"][name] or {}), **(overrides or {})}
+    values = {**spec["base"], **(overrides or {}), **(spec["runs"][name] or {})}
     values["output_dir"] = str(Path(out) / name)
     return TrainConfig.from_dict(values)
 

@@ -1,0 +1,67 @@
+"""Experiments files and the book's result helpers, on hand-made results."""
+import pandas as pd
+import pytest
+import yaml
+
+from gclcore import experiments, report
+
+
+def _results(tmp_path, run, values):
+    path = tmp_path / run / "test"
+    path.mkdir(parents=True)
+    rows = [{"split": s, "name": n, "NDCG@10": v, "mERR": v / 2, "mRBP9": v / 3, "mAP@1000": v, "mrr@1000": v}
+            for (s, n), v in zip([("query_0_product_id_0", "in_domain"), ("query_1_product_id_1", "zero_shot")], values)]
+    pd.DataFrame(rows).to_csv(path / "results.csv", index=False)
+
+
+def test_paper_table_and_gains(tmp_path):
+    _results(tmp_path, "clip", [0.2, 0.1])
+    _results(tmp_path, "gcl", [0.3, 0.15])
+    long = report.results(tmp_path, ["clip", "gcl"])
+    table = report.paper_table(long)
+    assert list(table.index) == ["clip", "gcl"]
+    assert table.loc["gcl", ("in_domain", "nDCG@10")] == 0.3
+    gains = report.relative_gains(long, "gcl", "clip")
+    assert gains.loc["in_domain", "nDCG@10"] == pytest.approx(50.0)
+    assert gains.loc["zero_shot", "ERR"] == pytest.approx(50.0)
+    with pytest.raises(FileNotFoundError, match="run 'absent' has no test results"):
+        report.results(tmp_path, ["absent"])
+
+
+def test_expected_value_checks(tmp_path):
+    _results(tmp_path, "gcl", [0.3, 0.15])
+    long = report.results(tmp_path, ["gcl"])
+    checks = report.check_expected(long, {"gcl": {"in_domain": {"NDCG@10": [0.31, 0.02], "mERR": [0.2, 0.01]},
+                                                  "novel_query": {"NDCG@10": [0.1, 0.1]}}})
+    assert checks["status"].tolist() == ["OK", "FAIL", "MISSING"]
+
+
+def test_wins_losses():
+    frame = pd.DataFrame({"query": ["a", "b", "c"] * 2, "run": ["x"] * 3 + ["y"] * 3,
+                          "NDCG@10": [0.5, 0.2, 0.1, 0.4, 0.2, 0.3]})
+    assert report.wins_losses(frame, "x", "y").to_dict() == {"wins": 1, "ties": 1, "losses": 1}
+
+
+def test_experiment_configs(tmp_path):
+    spec_path = tmp_path / "e.yaml"
+    spec_path.write_text(yaml.safe_dump({"base": {"epochs": 5, "stw": "linear"},
+                                         "runs": {"zero": {"epochs": 0}, "clip": {"stw": "constant"}},
+                                         "tables": {"main": ["zero", "clip"]}}))
+    spec = experiments.load(spec_path)
+    cfg = experiments.run_config(spec, "zero", tmp_path / "runs", {"epochs": 3, "batch_size": 16})
+    assert cfg.epochs == 0 and cfg.batch_size == 16 and cfg.output_dir == str(tmp_path / "runs" / "zero")
+    assert experiments.run_config(spec, "clip", tmp_path, {"epochs": 3}).epochs == 3
+    with pytest.raises(ValueError, match="unknown run"):
+        experiments.run_config(spec, "nope", tmp_path)
+    spec_path.write_text(yaml.safe_dump({"base": {}, "runs": {"a": {}}, "tables": {"t": ["b"]}}))
+    with pytest.raises(ValueError, match="unknown runs"):
+        experiments.load(spec_path)
+
+
+def test_book_experiments_file_is_valid():
+    from pathlib import Path
+
+    spec = experiments.load(Path(__file__).parents[1] / "book" / "experiments.yaml")
+    for name in spec["runs"]:
+        experiments.run_config(spec, name, "runs")  # every run is a valid TrainConfig
+    assert {"main", "stw", "fields", "duplicates"} <= set(spec["tables"])
