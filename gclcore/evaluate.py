@@ -291,8 +291,9 @@ def _fields_tag(fields: tuple[Field, ...]) -> str:
 
 
 def _write_json(path: Path, value) -> None:
+    # json.dumps runs the C encoder over the whole value; json.dump iterates in Python (~5x slower)
     with atomic_write(path) as fh:
-        json.dump(value, fh, ensure_ascii=False)
+        fh.write(json.dumps(value, ensure_ascii=False))
 
 
 def _load_or_build_qrels(frame, keys, files, out: Path, weight_key, top_q, top_k, query_set) -> dict:

@@ -9,8 +9,9 @@ An experiments file (``book/experiments.yaml``) holds::
 Command line (the Makefile calls ``run`` once per run, so unchanged runs are not redone)::
 
     python -m gclcore.experiments list book/experiments.yaml
-    python -m gclcore.experiments run book/experiments.yaml NAME --out build/main/runs [--set key=value ...]
+    python -m gclcore.experiments run book/experiments.yaml NAME [NAME ...] --out build/main/runs [--set key=value ...]
 
+Several runs in one call share one process (importing torch / open_clip costs ~15 s per process).
 A run writes ``<out>/<name>/`` (see :mod:`gclcore.train`), including ``test/results.csv``: the
 reference protocol's summary row on every split.
 """
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p_list.add_argument("experiments")
     p_run = sub.add_parser("run")
     p_run.add_argument("experiments")
-    p_run.add_argument("name")
+    p_run.add_argument("names", nargs="+", metavar="NAME")
     p_run.add_argument("--out", required=True)
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
@@ -81,13 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     overrides = dict(item.partition("=")[::2] for item in args.set)
     overrides = {k: v for k, v in overrides.items() if v != ""}
-    try:
-        result = train(run_config(spec, args.name, args.out, overrides))
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if result.test is not None:
-        print(result.test.to_string(index=False))
+    for name in args.names:
+        try:
+            result = train(run_config(spec, name, args.out, overrides))
+        except (ValueError, FileNotFoundError, KeyError) as err:
+            print(f"error in run {name!r}: {err}", file=sys.stderr)
+            return 2
+        print(f"== {name}")
+        if result.test is not None:
+            print(result.test.to_string(index=False))
     return 0
 
 

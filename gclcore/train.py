@@ -96,7 +96,8 @@ class TrainConfig:
     output_dir: str = "runs/default"
     feature_cache_dir: str = ""             # "" -> <data_dir>/.feature-cache
     resume: str = ""                        # "" | "latest" | path to a state file
-    save_every: int = 0                     # steps between full-state saves (0: each epoch)
+    save_every: int = 0                     # steps between full-state saves (0: each epoch, -1: at the end only)
+    epoch_checkpoints: bool = True          # keep an open_clip checkpoint per epoch (checkpoints/epoch_N.pt)
     log_every: int = 10
     device: str = ""
     workers: int = -1                       # -1: one per spare core
@@ -492,7 +493,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, **overrides) -
                 tick, tick_samples = time.perf_counter(), 0
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
                 evaluate_now()
-            if cfg.save_every and step % cfg.save_every == 0:
+            if cfg.save_every > 0 and step % cfg.save_every == 0:
                 save_state()
             if on_step is not None:
                 on_step(step)
@@ -500,9 +501,10 @@ def train(config: TrainConfig | dict | None = None, on_step=None, **overrides) -
                 break
         if batch_in_epoch == len(batches):  # the epoch is complete
             epoch, batch_in_epoch = epoch + 1, 0
-            _save(out / "checkpoints" / f"epoch_{epoch}.pt", {"epoch": epoch, "step": step, "name": cfg.model,
-                                                               "state_dict": model.state_dict()})
-            if not cfg.save_every:
+            if cfg.epoch_checkpoints:
+                _save(out / "checkpoints" / f"epoch_{epoch}.pt", {"epoch": epoch, "step": step, "name": cfg.model,
+                                                                   "state_dict": model.state_dict()})
+            if cfg.save_every == 0:
                 save_state()
     bar.close()
     save_state()
