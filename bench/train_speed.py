@@ -52,7 +52,7 @@ def open_clip_speed(data_dir: Path, batch_size: int, steps: int, workers: int, d
 
 def ours_speed(data_dir: Path, batch_size: int, steps: int, workers: int, device: str, work: Path, **cfg) -> float:
     result = train(data_dir=str(data_dir), output_dir=str(work / "ours"), freeze="none", batch_size=batch_size,
-                   epochs=1, max_steps=steps, workers=workers, device=device, log_every=2, eval_top_q=1, eval_top_k=1,
+                   epochs=1, max_steps=steps, workers=workers, device=device, log_every=2, eval_split="",
                    precision="fp32", progress=False, **cfg)
     speeds = result.history["samples_per_s"].to_numpy()
     shutil.rmtree(work / "ours")

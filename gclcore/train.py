@@ -87,7 +87,7 @@ class TrainConfig:
     precision: str = "auto"                 # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     seed: int = 0
     # evaluation and runtime
-    eval_split: str = "query_1_product_id_0"
+    eval_split: str = "query_1_product_id_0"  # "" turns evaluation during training off
     eval_query_set: str = "dev"             # the shipped dev ground truth; test stays untouched
     eval_every: int = 0                     # steps between evaluations (0: at the end only)
     eval_top_q: int = 2000
@@ -174,8 +174,10 @@ class HeadTowers:
         check_splittable(encoder.model)
         for p in trunk_parameters(encoder.model):
             p.requires_grad_(False)
-        text_fields = sorted({f.name for f in lhs + rhs if not f.is_image})
-        image_fields = sorted({f.name for f in lhs + rhs if f.is_image})
+        # one cache over every text and image column of the dataset (plus the run's own fields), so that
+        # runs with different fields share it instead of recomputing trunk features
+        text_fields = sorted({"query", "title"} | {f.name for f in lhs + rhs if not f.is_image})
+        image_fields = sorted({"image_local"} | {f.name for f in lhs + rhs if f.is_image})
         texts, images = dataset_inputs(cfg.data_dir, text_fields, image_fields)
         cache_dir = cfg.feature_cache_dir or str(Path(cfg.data_dir) / ".feature-cache")
         cache = FeatureCache.build(encoder, texts, images, resolver, cache_dir, progress=cfg.progress,
@@ -425,7 +427,9 @@ def train(config: TrainConfig | dict | None = None, on_step=None, **overrides) -
                                 rhs_present={f.name: present[f.name][idx].to(device) for f in rhs},
                                 mode=cfg.field_mode, query_ids=qids[idx].to(device), doc_ids=dids[idx].to(device))
 
-    def evaluate_now() -> dict:
+    def evaluate_now() -> dict | None:
+        if not cfg.eval_split:
+            return None
         model.eval()
         result = evaluate_split(towers.eval_encoder, cfg.data_dir, cfg.eval_split, out / "eval" / f"step-{step:06d}",
                                 image_root=image_root or None, lhs_fields=lhs, rhs_fields=rhs, top_q=cfg.eval_top_q,
@@ -442,7 +446,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, **overrides) -
         writer = SummaryWriter(str(out / "tensorboard"))
     _rewrite_log(out, history)
     if step == 0 and not any("eval/NDCG@10" in h for h in history):
-        evaluate_now()  # the untrained (zero-shot) model: the like-for-like baseline row
+        evaluate_now()  # the untrained (zero-shot) model: the like-for-like baseline row  # the untrained (zero-shot) model: the like-for-like baseline row
 
     # 4. the loop
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not cfg.progress)

@@ -89,3 +89,10 @@ def test_epoch_batches_are_deterministic_and_full():
     assert len(a) == 10 and all(len(b) == 10 for b in a)
     assert [b.tolist() for b in a] == [b.tolist() for b in trainer.epoch_batches(103, 10, seed=1, epoch=2)]
     assert a[0].tolist() != trainer.epoch_batches(103, 10, seed=1, epoch=3)[0].tolist()
+
+
+def test_book_runs_save_once(tmp_path, tiny_shop):
+    result = trainer.train(config(tmp_path, tiny_shop, epochs=2, save_every=-1, epoch_checkpoints=False, eval_top_k=10))
+    saved = sorted(p.name for p in (result.output_dir / "checkpoints").iterdir())
+    assert saved == ["state-latest.pt"] and result.checkpoint.exists()
+    assert torch.load(result.output_dir / "checkpoints" / "state-latest.pt", weights_only=False)["step"] == result.steps
