@@ -446,7 +446,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, **overrides) -
         writer = SummaryWriter(str(out / "tensorboard"))
     _rewrite_log(out, history)
     if step == 0 and not any("eval/NDCG@10" in h for h in history):
-        evaluate_now()  # the untrained (zero-shot) model: the like-for-like baseline row  # the untrained (zero-shot) model: the like-for-like baseline row
+        evaluate_now()  # the untrained (zero-shot) model: the like-for-like baseline row
 
     # 4. the loop
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not cfg.progress)
