@@ -1,5 +1,6 @@
 """Benchmark: training throughput of our trainer against open_clip's own trainer (open_clip_train).
 
+    pip install -e '.[bench]'   # open_clip_train's own needs
     python bench/train_speed.py [--data data/synth-small-seed0] [--batch-size 32] [--steps 12] [--device cpu]
 
 Same model config (the embedded default dual encoder, full fine-tuning: freeze="none"), same training
