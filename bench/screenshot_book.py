@@ -22,7 +22,14 @@ from PIL import Image
 
 PAGES = {"index": "index.html", "paper_tables": "05_paper_tables.html"}
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+         # the pages reference a CDN (MathJax) that an offline machine cannot reach: bound the wait
+         "--virtual-time-budget=15000"]
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
 
 
 def main() -> int:
@@ -36,7 +43,7 @@ def main() -> int:
         return 1
     html, out = Path(args.html), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(html))
+    handler = functools.partial(QuietHandler, directory=str(html))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     failures = 0

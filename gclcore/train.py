@@ -340,8 +340,12 @@ def _resume_path(cfg: TrainConfig) -> Path | None:
 # The loop
 # --------------------------------------------------------------------------------------------------
 
-def train(config: TrainConfig | dict | None = None, on_step=None, **overrides) -> TrainResult:
+def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, **overrides) -> TrainResult:
     """Train (and evaluate) one configuration; see :class:`TrainConfig` for every option.
+
+    ``sampler(n_rows, batch_rows, seed, epoch) -> list of row-index arrays`` replaces
+    :func:`epoch_batches` (e.g. a per-rank shard of it under torchrun, or at most one row per query per
+    batch); it must be deterministic in (seed, epoch) for resume to stay exact.
 
     ``on_step(step)`` is called after every optimiser step (live plots, or stopping a run: an exception
     raised there ends it like a kill, and ``resume="latest"`` continues from the last saved state).
@@ -352,6 +356,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, **overrides) -
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config or {}))
     cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
+    sampler = sampler or epoch_batches
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "config.json") as fh:
@@ -386,7 +391,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, **overrides) -
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     batch_rows = cfg.batch_size * cfg.accum_freq
-    steps_per_epoch = len(rows) // batch_rows
+    steps_per_epoch = len(sampler(len(rows), batch_rows, cfg.seed, 0))
     if steps_per_epoch == 0 and cfg.epochs > 0:
         raise ValueError(f"{len(rows)} training rows cannot fill one batch of {batch_rows}")
     total_steps = cfg.epochs * steps_per_epoch if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
@@ -452,7 +457,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, **overrides) -
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not cfg.progress)
     tick, tick_samples = time.perf_counter(), 0
     while step < total_steps:
-        batches = epoch_batches(len(rows), batch_rows, cfg.seed, epoch)
+        batches = sampler(len(rows), batch_rows, cfg.seed, epoch)
         if isinstance(towers, FullTowers):
             towers.dataset.epoch = epoch
         for batch in towers.loader(batches[batch_in_epoch:]):

@@ -64,10 +64,11 @@ report.plot_training(log);
 # %%
 speed = result.samples_per_s
 display(Markdown(f"{result.steps} steps; median throughput **{speed:,.0f} samples/s**; checkpoint `{result.checkpoint}`."))
-result.evaluations[["step", "eval/NDCG@10", "eval/mERR", "eval/mRBP9", "eval/MRR@10"]]
+if len(result.evaluations):  # absent when eval_split is ""
+    display(result.evaluations[["step", "eval/NDCG@10", "eval/mERR", "eval/mRBP9", "eval/MRR@10"]])
 
 # %% [markdown]
 # ## The four splits after training (reference protocol)
 
 # %%
-result.test
+result.test if result.test is not None else Markdown("No test splits requested (`test_splits` is empty).")
