@@ -11,7 +11,6 @@ Steps (each skipped when its output exists): generate the `large` synthetic shop
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time

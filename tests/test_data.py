@@ -6,7 +6,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from gclcore import data
 from gclcore.data import DataFormatError

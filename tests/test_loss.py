@@ -110,8 +110,6 @@ def test_two_rank_gather_equals_the_full_batch():
         ranks = []
         for rank in (0, 1):
             local = slice(4 * rank, 4 * rank + 4)
-            globals_ = {id(t): g for t, g in ((q[local], q), (r[local], r), (w[local], w), (qids[local], qids),
-                                              (dids[local], dids))}
             sliced = [q[local], r[local], w[local], qids[local], dids[local]]
             lookup = {id(t): full_t for t, full_t in zip(sliced, (q, r, w, qids, dids))}
             loss = GCLLoss(duplicates=duplicates, gather=lambda t, rank=rank, lookup=lookup: (lookup[id(t)], 4 * rank))

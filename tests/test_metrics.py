@@ -1,7 +1,6 @@
 """Metrics against independent references: pytrec_eval (trec_eval), literal per-query ERR/RBP/MRR
 loops written here from the published formulas, and the hand-computed example of the protocol."""
 import json
-import math
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """The embedded default model loads offline and sees real images; checkpoints load in every format."""
 import socket
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

@@ -1,5 +1,4 @@
 """Multi-split construction: invariants, determinism, derived columns and ground truth."""
-import json
 
 import numpy as np
 import pandas as pd
