@@ -13,7 +13,6 @@ default model). Other architectures train with ``freeze="none"`` (full fine-tuni
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from gclcore.data import ImageResolver, atomic_write, image_basename
+from gclcore.models import state_digest as _digest
 
 
 def check_splittable(model: torch.nn.Module) -> None:
@@ -41,18 +41,6 @@ def trunk_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 def head_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [model.visual.head, model.text.proj]
-
-
-def _digest(*parts) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, torch.nn.Module):
-            for name, tensor in sorted(part.state_dict().items()):
-                h.update(name.encode())
-                h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        else:
-            h.update(str(part).encode())
-    return h.hexdigest()[:16]
 
 
 @torch.no_grad()

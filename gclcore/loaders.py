@@ -36,14 +36,21 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from PIL import Image
+        image, status = load_with_status(self.resolver, self.paths[i])
+        return self.transform(image), status
 
-        image, problem = self.resolver.load(self.paths[i])
-        if problem is None:
-            return self.transform(image), OK
-        size = self.resolver.placeholder_size
-        return self.transform(Image.new("RGB", (size, size), (128, 128, 128))), \
-            MISSING if problem == "missing" else UNREADABLE
+
+def load_with_status(resolver: ImageResolver, stored_path) -> tuple:
+    """``(RGB image, status)`` for a stored path: the decoded image and OK, or a grey placeholder and
+    MISSING / UNREADABLE (a missing value counts as MISSING). Safe in worker processes: nothing is counted
+    here; the main process passes the status to ``resolver.record``."""
+    from PIL import Image
+
+    image, problem = (None, "missing") if not isinstance(stored_path, str) else resolver.load(stored_path)
+    if problem is None:
+        return image, OK
+    size = resolver.placeholder_size
+    return Image.new("RGB", (size, size), (128, 128, 128)), MISSING if problem == "missing" else UNREADABLE
 
 
 def iterate_images(stored_paths: list[str], resolver: ImageResolver, transform: Callable, batch_size: int = 128,

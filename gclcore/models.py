@@ -161,15 +161,23 @@ class Encoder:
         return torch.autocast("cpu", enabled=False)
 
     def checksum(self) -> str:
-        """SHA-256 of the model's parameters and buffers (names, shapes, bytes): the cache key of
-        anything computed with these weights. Recomputed on every call: the weights may be training."""
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.model.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(str(tuple(tensor.shape)).encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-                          if tensor.numel() else b"")
-        return digest.hexdigest()[:16]
+        """Digest of the model's parameters and buffers: the cache key of anything computed with these
+        weights. Recomputed on every call: the weights may be training."""
+        return state_digest(self.model)
+
+
+def state_digest(*parts) -> str:
+    """SHA-256 (16 hex digits) over modules' state (names, shapes, bytes) and any other values' ``str``."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.nn.Module):
+            for name, tensor in sorted(part.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(str(tuple(tensor.shape)).encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(str(part).encode())
+    return digest.hexdigest()[:16]
 
 
 def load_encoder(model: str = "default", pretrained: str | None = None, device: str | torch.device | None = None,

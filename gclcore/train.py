@@ -224,9 +224,7 @@ class PairRows(torch.utils.data.Dataset):
         return len(next(iter(self.rows.values())))
 
     def __getitem__(self, i):
-        from PIL import Image
-
-        from gclcore.loaders import MISSING, OK, UNREADABLE
+        from gclcore.loaders import load_with_status
 
         item = {"index": i}
         for f in self.fields:
@@ -234,13 +232,10 @@ class PairRows(torch.utils.data.Dataset):
             if not f.is_image:
                 item[f.name] = self.tokenizer([str(value)])[0]
                 continue
-            image, problem = (None, "missing") if not isinstance(value, str) else self.resolver.load(value)
-            if image is None:
-                image = Image.new("RGB", (self.resolver.placeholder_size,) * 2, (128, 128, 128))
+            image, item[f"{f.name}/status"] = load_with_status(self.resolver, value)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
                 item[f.name] = self.transform(image)
-            item[f"{f.name}/status"] = OK if problem is None else MISSING if problem == "missing" else UNREADABLE
         return item
 
 
