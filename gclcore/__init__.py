@@ -15,6 +15,7 @@ One concern per module:
 - ``features``    locked trunks with cached features
 - ``loaders``     DataLoader datasets
 - ``train``       the trainer;  ``experiments``  the book's runs
+- ``distributed`` torchrun data parallelism (rank shards, cross-rank gather, gradient averaging)
 - ``explore``, ``report``  the book's tables and figures;  ``notebooks``  the notebook-pair check
 """
 

@@ -31,8 +31,8 @@ batch, which keeps CLIP's loss scale (and makes the loss a weighted average of r
 
 Cross-device negatives: ``gather`` (default: none) maps each local tensor to ``(global tensor, offset of
 the local rows)``; logits are then local rows x global columns, as open_clip's ``local_loss`` with
-``gather_with_grad``, and the weights and ids are gathered too. :func:`all_gather_with_grad` is the
-torch.distributed implementation; DDP is a configuration, not a rewrite.
+``gather_with_grad``, and the weights and ids are gathered too. :func:`gclcore.distributed.all_gather_with_grad`
+is the torch.distributed implementation, which the trainer plugs in under torchrun.
 
 fp16 / bf16 inputs (autocast) are upcast: the loss arithmetic always runs in float32 or wider.
 """
@@ -49,15 +49,6 @@ import torch.nn.functional as F
 from gclcore.fusion import fuse
 
 Gather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
-
-
-def all_gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Concatenate ``tensor`` from every rank (gradients flow back to each rank's slice)."""
-    import torch.distributed as dist
-    import torch.distributed.nn
-
-    parts = torch.distributed.nn.functional.all_gather(tensor)
-    return torch.cat(parts, dim=0), dist.get_rank() * tensor.shape[0]
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:

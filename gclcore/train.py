@@ -18,9 +18,10 @@ in open_clip's format (``{"epoch", "state_dict"}``, loadable by :func:`gclcore.m
 open_clip) plus ``checkpoints/state-latest.pt`` with the optimiser, step, data position, RNG states and
 log history; ``resume="latest"`` continues exactly where the last save left off.
 
-Command line::
+Command line (several devices: the same config under torchrun, see :mod:`gclcore.distributed`)::
 
     python -m gclcore.train --config FILE.yaml [--set key=value ...]
+    torchrun --nproc-per-node 8 -m gclcore.train --config FILE.yaml
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gclcore import distributed
 from gclcore.data import ImageResolver, atomic_write, read_split_csv, split_files
 from gclcore.evaluate import Field, evaluate_split, parse_fields
 from gclcore.loss import GCLLoss, multi_field_loss
@@ -99,7 +101,9 @@ class TrainConfig:
     save_every: int = 0                     # steps between full-state saves (0: each epoch, -1: at the end only)
     epoch_checkpoints: bool = True          # keep an open_clip checkpoint per epoch (checkpoints/epoch_N.pt)
     log_every: int = 10
-    device: str = ""
+    device: str = ""                        # "" -> cuda if available; under torchrun each rank's cuda:LOCAL_RANK
+    dist_backend: str = "auto"              # under torchrun: auto (nccl on GPUs, gloo on CPUs) | nccl | gloo
+    dist_timeout_min: int = 60              # how long ranks wait while rank 0 evaluates or builds caches
     workers: int = -1                       # -1: one per spare core
     progress: bool = True
     tensorboard: bool = False
@@ -339,8 +343,9 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     """Train (and evaluate) one configuration; see :class:`TrainConfig` for every option.
 
     ``sampler(n_rows, batch_rows, seed, epoch) -> list of row-index arrays`` replaces
-    :func:`epoch_batches` (e.g. a per-rank shard of it under torchrun, or at most one row per query per
-    batch); it must be deterministic in (seed, epoch) for resume to stay exact.
+    :func:`epoch_batches` (e.g. at most one row per query per batch); it must be deterministic in
+    (seed, epoch) for resume to stay exact. Under torchrun it draws global batches and each rank trains
+    on its slice (:func:`gclcore.distributed.shard`).
 
     ``on_step(step)`` is called after every optimiser step (live plots, or stopping a run: an exception
     raised there ends it like a kill, and ``resume="latest"`` continues from the last saved state).
@@ -352,28 +357,39 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config or {}))
     cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
     sampler = sampler or epoch_batches
+    ctx = distributed.from_environment()  # torchrun's ranks, or a single process
+    rank_device = distributed.start(ctx, cfg.dist_backend, cfg.dist_timeout_min)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "config.json") as fh:
-        json.dump(dataclasses.asdict(cfg), fh, indent=1)
+    if ctx.is_main:
+        with atomic_write(out / "config.json") as fh:
+            json.dump(dataclasses.asdict(cfg), fh, indent=1)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
     # 1. model, rows, weights
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = rank_device or torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder = load_encoder(cfg.model, cfg.pretrained, device=device)
     model = encoder.model
+    if ctx.enabled:
+        distributed.broadcast_parameters(model)
+        torch.manual_seed(cfg.seed + ctx.rank)  # own dropout masks per rank
     lhs, rhs = parse_fields(cfg.lhs_fields), parse_fields(cfg.rhs_fields)
     image_root = cfg.image_root or (str(Path(cfg.data_dir) / "images") if (Path(cfg.data_dir) / "images").is_dir() else "")
     resolver = ImageResolver(image_root, missing="placeholder") if image_root else None
     rows = training_rows(cfg, list(lhs + rhs))
+    if not ctx.is_main:
+        distributed.barrier(ctx)  # rank 0 builds the shared feature cache first; the others then read it
     towers = (HeadTowers if _locked(cfg.freeze, model) else FullTowers)(encoder, rows, lhs, rhs, resolver, cfg)
+    if ctx.is_main:
+        distributed.barrier(ctx)
     weights = torch.tensor(rows["weight"].to_numpy(), dtype=torch.float32)
     qids = torch.tensor(rows["qid"].to_numpy())
     dids = torch.tensor(rows["did"].to_numpy())
     present = {f.name: torch.tensor(rows[f.name].notna().to_numpy()) for f in lhs + rhs}
-    loss_fn = GCLLoss(cfg.weight_norm, cfg.direction, cfg.duplicates)
+    loss_fn = GCLLoss(cfg.weight_norm, cfg.direction, cfg.duplicates,
+                      gather=distributed.all_gather_with_grad if ctx.enabled else None)
 
     # 2. optimiser (no weight decay on gains, biases and the logit scale) and warmup + cosine schedule
     trainable = towers.trainable()
@@ -385,7 +401,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-    batch_rows = cfg.batch_size * cfg.accum_freq
+    batch_rows = cfg.batch_size * cfg.accum_freq * ctx.world  # the global batch
     steps_per_epoch = len(sampler(len(rows), batch_rows, cfg.seed, 0))
     if steps_per_epoch == 0 and cfg.epochs > 0:
         raise ValueError(f"{len(rows)} training rows cannot fill one batch of {batch_rows}")
@@ -410,13 +426,16 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch, history = state["step"], state["epoch"], state["batch_in_epoch"], state["history"]
-        _set_rng_state(state["rng"])
+        rank_rngs = state.get("rank_rng", [])
+        _set_rng_state(rank_rngs[ctx.rank] if ctx.enabled and len(rank_rngs) == ctx.world else state["rng"])
 
     def save_state():
-        _save(out / "checkpoints" / "state-latest.pt", {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "history": history, "rng": _rng_state(),
-            "config": dataclasses.asdict(cfg)})
+        rngs = distributed.gather_objects(_rng_state(), ctx)
+        if ctx.is_main:
+            _save(out / "checkpoints" / "state-latest.pt", {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "history": history, "rng": rngs[0],
+                "rank_rng": rngs if ctx.enabled else [], "config": dataclasses.asdict(cfg)})
 
     def objective(embedded: dict[str, torch.Tensor], index: np.ndarray) -> torch.Tensor:
         idx = torch.as_tensor(index)
@@ -427,32 +446,37 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
                                 rhs_present={f.name: present[f.name][idx].to(device) for f in rhs},
                                 mode=cfg.field_mode, query_ids=qids[idx].to(device), doc_ids=dids[idx].to(device))
 
-    def evaluate_now() -> dict | None:
+    evaluated_steps = {h["step"] for h in history if "eval/NDCG@10" in h}  # the same on every rank
+
+    def evaluate_now() -> None:
         if not cfg.eval_split:
-            return None
-        model.eval()
-        result = evaluate_split(towers.eval_encoder, cfg.data_dir, cfg.eval_split, out / "eval" / f"step-{step:06d}",
-                                image_root=image_root or None, lhs_fields=lhs, rhs_fields=rhs, top_q=cfg.eval_top_q,
-                                top_k=cfg.eval_top_k, query_set=cfg.eval_query_set, cache_dir=False, progress=False)
-        row = {"step": step, "epoch": epoch, **{f"eval/{k}": v for k, v in result.metrics.items()}}
-        history.append(row)
-        _log(out, row, writer)
-        return row
+            return
+        evaluated_steps.add(step)
+        if ctx.is_main:
+            model.eval()
+            result = evaluate_split(towers.eval_encoder, cfg.data_dir, cfg.eval_split, out / "eval" / f"step-{step:06d}",
+                                    image_root=image_root or None, lhs_fields=lhs, rhs_fields=rhs, top_q=cfg.eval_top_q,
+                                    top_k=cfg.eval_top_k, query_set=cfg.eval_query_set, cache_dir=False, progress=False)
+            row = {"step": step, "epoch": epoch, **{f"eval/{k}": v for k, v in result.metrics.items()}}
+            history.append(row)
+            _log(out, row, writer)
+        distributed.barrier(ctx)
 
     writer = None
-    if cfg.tensorboard:
+    if cfg.tensorboard and ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tensorboard"))
-    _rewrite_log(out, history)
-    if step == 0 and not any("eval/NDCG@10" in h for h in history):
+    if ctx.is_main:
+        _rewrite_log(out, history)
+    if step == 0 and 0 not in evaluated_steps:
         evaluate_now()  # the untrained (zero-shot) model: the like-for-like baseline row
 
     # 4. the loop
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not cfg.progress)
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not (cfg.progress and ctx.is_main))
     tick, tick_samples = time.perf_counter(), 0
     while step < total_steps:
-        batches = sampler(len(rows), batch_rows, cfg.seed, epoch)
+        batches = distributed.shard(sampler(len(rows), batch_rows, cfg.seed, epoch), ctx)
         if isinstance(towers, FullTowers):
             towers.dataset.epoch = epoch
         for batch in towers.loader(batches[batch_in_epoch:]):
@@ -474,6 +498,8 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
                                   for name in live}
                         loss = objective(joined, index)
                         scaler.scale(loss).backward()
+            if ctx.enabled:
+                distributed.average_gradients([p for g in optimizer.param_groups for p in g["params"]], ctx.world)
             if cfg.grad_clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
@@ -484,16 +510,18 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
                 model.logit_scale.clamp_(0, math.log(100))
             step += 1
             batch_in_epoch += 1
-            tick_samples += len(index)
+            tick_samples += len(index) * ctx.world
             bar.update(1)
             if step % cfg.log_every == 0 or step == total_steps:
                 elapsed = time.perf_counter() - tick
                 speed = tick_samples / max(elapsed, 1e-9)
-                row = {"step": step, "epoch": epoch, "loss": loss.item(), "lr": lr_at(step - 1),
+                global_loss = distributed.mean_over_ranks(loss.item(), ctx, device)
+                row = {"step": step, "epoch": epoch, "loss": global_loss, "lr": lr_at(step - 1),
                        "logit_scale": model.logit_scale.exp().item(), "samples_per_s": speed}
                 history.append(row)
-                _log(out, row, writer)
-                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{speed:.0f}")
+                if ctx.is_main:
+                    _log(out, row, writer)
+                bar.set_postfix(loss=f"{global_loss:.4f}", samples_s=f"{speed:.0f}")
                 tick, tick_samples = time.perf_counter(), 0
             if cfg.eval_every and step % cfg.eval_every == 0 and step < total_steps:
                 evaluate_now()
@@ -505,7 +533,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
                 break
         if batch_in_epoch == len(batches):  # the epoch is complete
             epoch, batch_in_epoch = epoch + 1, 0
-            if cfg.epoch_checkpoints:
+            if cfg.epoch_checkpoints and ctx.is_main:
                 _save(out / "checkpoints" / f"epoch_{epoch}.pt", {"epoch": epoch, "step": step, "name": cfg.model,
                                                                    "state_dict": model.state_dict()})
             if cfg.save_every == 0:
@@ -513,11 +541,12 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     bar.close()
     save_state()
     checkpoint = out / "model.pt"
-    _save(checkpoint, {"epoch": epoch, "step": step, "name": cfg.model, "state_dict": model.state_dict()})
-    if step > 0 or not any("eval/NDCG@10" in h for h in history):
+    if ctx.is_main:
+        _save(checkpoint, {"epoch": epoch, "step": step, "name": cfg.model, "state_dict": model.state_dict()})
+    if step not in evaluated_steps:
         evaluate_now()
     test = None
-    if cfg.test_splits:
+    if cfg.test_splits and ctx.is_main:
         from gclcore.evaluate import evaluate
 
         model.eval()
@@ -526,6 +555,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
                         progress=False)
     if writer is not None:
         writer.close()
+    distributed.stop(ctx)
     frame = pd.DataFrame(history)
     train_rows = frame[frame["loss"].notna()] if "loss" in frame else frame.iloc[0:0]
     eval_rows = frame[frame["eval/NDCG@10"].notna()] if "eval/NDCG@10" in frame else frame.iloc[0:0]
@@ -567,8 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(result.evaluations.to_string(index=False))
-    print(f"model: {result.checkpoint}")
+    if distributed.from_environment().is_main:
+        print(result.evaluations.to_string(index=False))
+        print(f"model: {result.checkpoint}")
     return 0
 
 

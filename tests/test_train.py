@@ -1,5 +1,8 @@
 """The trainer on the synth `tiny` shop: learning, exact gradient accumulation, kill/resume, checkpoints."""
+import dataclasses
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +110,33 @@ def test_the_sampler_is_replaceable(tmp_path, tiny_shop):
 
     result = trainer.train(config(tmp_path, tiny_shop, epochs=3, eval_top_k=10), sampler=first_rows_only)
     assert result.steps == 3 and seen[1:] == [0, 1, 2]  # the first call sizes the schedule
+
+
+def test_two_ranks_under_torchrun_follow_the_single_process_run(tmp_path, tiny_shop):
+    """torchrun, 2 CPU ranks on gloo, batch 16 each == one process, batch 32: the same global batches,
+    cross-rank negatives and averaged gradients give the same weights, losses and evaluation."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    common = dict(epochs=2, stw="linear", rhs_fields="image_local=0.9,title=0.1", duplicates="mask",
+                  eval_top_k=20, save_every=3)
+    single = trainer.train(config(tmp_path / "one", tiny_shop, batch_size=32, **common))
+    cfg = dataclasses.asdict(config(tmp_path / "two", tiny_shop, batch_size=16, **common))
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(cfg))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "gclcore.train", "--config", str(tmp_path / "ddp.yaml")],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = Path(cfg["output_dir"])
+    a, b = _final_weights(single.checkpoint), _final_weights(out / "model.pt")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in log if "loss" in row]
+    assert losses == pytest.approx(single.history["loss"].tolist(), rel=1e-4)
+    assert [row["step"] for row in log if "loss" in row] == single.history["step"].tolist()
+    final = [row for row in log if "eval/NDCG@10" in row][-1]
+    assert final["eval/NDCG@10"] == pytest.approx(single.evaluations["eval/NDCG@10"].iloc[-1], abs=1e-6)
+    state = torch.load(out / "checkpoints" / "state-latest.pt", weights_only=False)
+    assert len(state["rank_rng"]) == 2 and state["step"] == single.steps

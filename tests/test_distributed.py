@@ -1,0 +1,82 @@
+"""Helpers of gclcore.distributed in a single process and in a 2-process gloo group on CPU."""
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from gclcore import distributed
+
+
+def test_single_process_context_from_an_empty_environment(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    ctx = distributed.from_environment()
+    assert (ctx.rank, ctx.world, ctx.enabled, ctx.is_main) == (0, 1, False, True)
+    assert distributed.start(ctx) is None
+    batches = [np.arange(8)]
+    assert distributed.shard(batches, ctx) is batches
+    assert distributed.gather_objects({"a": 1}, ctx) == [{"a": 1}]
+
+
+def test_torchrun_environment_is_read(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    ctx = distributed.from_environment()
+    assert (ctx.rank, ctx.world, ctx.local_rank, ctx.is_main) == (3, 4, 1, False)
+
+
+def test_shard_gives_each_rank_its_contiguous_slice():
+    batches = [np.arange(12), np.arange(12, 24)]
+    parts = [distributed.shard(batches, distributed.Context(rank=r, world=3)) for r in range(3)]
+    assert [p[1].tolist() for p in parts] == [[12, 13, 14, 15], [16, 17, 18, 19], [20, 21, 22, 23]]
+    assert np.concatenate([p[0] for p in parts]).tolist() == list(range(12))
+    with pytest.raises(ValueError, match="does not split over 5 ranks"):
+        distributed.shard(batches, distributed.Context(rank=0, world=5))
+
+
+def _worker(rank: int, world: int, port: int, results):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    ctx = distributed.from_environment()
+    distributed.start(ctx, "gloo")
+    # rank-specific gradients average to their mean
+    p = torch.nn.Parameter(torch.zeros(3))
+    q = torch.nn.Parameter(torch.zeros(2, 2))
+    p.grad = torch.full((3,), float(rank + 1))
+    q.grad = torch.full((2, 2), 10.0 * rank)
+    distributed.average_gradients([p, q], ctx.world)
+    # rank 0's initialisation wins
+    module = torch.nn.Linear(2, 2)
+    torch.nn.init.constant_(module.weight, float(rank))
+    distributed.broadcast_parameters(module)
+    # gathered embeddings carry gradients back to their own rank
+    x = torch.full((2, 1), float(rank + 1), requires_grad=True)
+    gathered, offset = distributed.all_gather_with_grad(x)
+    (gathered * torch.arange(1.0, 2 * world + 1).unsqueeze(1)).sum().backward()
+    results[rank] = dict(p=p.grad.tolist(), q=q.grad.tolist(), weight=module.weight.tolist(), offset=offset,
+                         gathered=gathered.detach().flatten().tolist(), x_grad=x.grad.flatten().tolist(),
+                         objects=distributed.gather_objects(rank * 10, ctx),
+                         loss=distributed.mean_over_ranks(float(rank), ctx, torch.device("cpu")))
+    distributed.stop(ctx)
+
+
+def test_collectives_in_a_two_process_gloo_group():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_worker, args=(2, port, results), nprocs=2, join=True)
+    r0, r1 = results[0], results[1]
+    assert r0["p"] == r1["p"] == [1.5, 1.5, 1.5]
+    assert r0["q"] == r1["q"] == [[5.0, 5.0], [5.0, 5.0]]
+    assert r1["weight"] == [[0.0, 0.0], [0.0, 0.0]]
+    assert (r0["offset"], r1["offset"]) == (0, 2)
+    assert r0["gathered"] == r1["gathered"] == [1.0, 1.0, 2.0, 2.0]
+    # d(sum_r loss_r)/dx: both ranks' losses reach each rank's rows (reduce-scatter of the sum)
+    assert r0["x_grad"] == [2.0, 4.0] and r1["x_grad"] == [6.0, 8.0]
+    assert r0["objects"] == [0, 10] and r0["loss"] == r1["loss"] == 0.5
