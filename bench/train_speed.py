@@ -1,9 +1,11 @@
 """Benchmark: training throughput of our trainer against open_clip's own trainer (open_clip_train).
 
     pip install -e '.[bench]'   # open_clip_train's own needs
-    python bench/train_speed.py [--data data/synth-small-seed0] [--batch-size 32] [--steps 12] [--device cpu]
+    python bench/train_speed.py [--data data/synth-small-seed0] [--batch-size 32] [--steps 12] [--rounds 1]
+    python bench/train_speed.py --device cuda --model ViT-B-32 --pretrained /weights/vitb32.pt \
+        --precision bf16 --batch-size 256 --workers 8 --data DATA_DIR     # the GPU target
 
-Same model config (the embedded default dual encoder, full fine-tuning: freeze="none"), same training
+Same model config (default: the embedded default dual encoder; full fine-tuning: freeze="none"), same training
 rows (the in-domain split: query text -> product image), same batch size, same number of DataLoader
 workers, on the same machine. Ours runs three ways so the cost of each GCL ingredient is visible:
 
@@ -12,7 +14,15 @@ workers, on the same machine. Ours runs three ways so the cost of each GCL ingre
 - ``multi-field``: query -> image 0.9 + title 0.1 fused, linear weights (GCL as the book trains it; it
   encodes a second document field, so it does more work per sample by design).
 
-Throughput is the median of the logged samples/s after the first logging window (warm-up excluded).
+Both trainers are timed the same way: every step is logged (open_clip's ``--log-every-n-steps 1``, our
+``log_every=1``), each log line's samples/s is ``batch_size / (time from the end of the previous step to
+the end of this one)`` (data wait included), and throughput is the median over the steps after
+``--warmup`` steps. Ours runs with ``grad_clip=0`` here because ``open_clip_train`` does not clip by
+default.
+
+The loss-side cost of GCL is also timed in isolation (``loss_ms``): forward + backward of open_clip's
+``ClipLoss`` against our loss as each configuration calls it (weights, presence masks, fusion), on
+random (batch, 256) embeddings; ``loss_pct_of_step`` relates it to the measured step time.
 """
 
 import argparse
@@ -21,43 +31,95 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from gclcore.data import ImageResolver, read_split_csv
 from gclcore.models import DEFAULT_MODEL, _register_default_config
 from gclcore.train import train
 
 
-def open_clip_speed(data_dir: Path, batch_size: int, steps: int, workers: int, device: str, work: Path) -> float:
+def steady(speeds: list[float], warmup: int) -> list[float]:
+    """Per-step samples/s once the first ``warmup`` steps (worker start, allocator) are dropped."""
+    return speeds[warmup:] if len(speeds) > warmup else speeds
+
+
+def open_clip_speed(data_dir: Path, batch_size: int, steps: int, workers: int, device: str, work: Path,
+                    warmup: int, model: str, pretrained: str, precision: str) -> list[float]:
     from open_clip_train.main import main as open_clip_main
 
     rows = read_split_csv(data_dir / "query_0_product_id_0.csv", columns=["query", "image_local"])
     resolver = ImageResolver(data_dir / "images")
     rows = rows.assign(filepath=[str(resolver.resolve(p)) for p in rows["image_local"]])
     rows = rows.sample(n=min(len(rows), batch_size * steps), random_state=0)
-    csv_path = work / "train.csv"
+    csv_path, name = work / "train.csv", f"bench-{time.time_ns()}"
     rows[["filepath", "query"]].to_csv(csv_path, index=False)
-    norm = _register_default_config(DEFAULT_MODEL)
-    args = ["--model", DEFAULT_MODEL, "--train-data", str(csv_path), "--dataset-type", "csv", "--csv-separator", ",",
+    if model == "default":
+        norm = _register_default_config(DEFAULT_MODEL)
+        model_args = ["--model", DEFAULT_MODEL, "--image-mean", *map(str, norm["mean"]),
+                      "--image-std", *map(str, norm["std"])]
+    else:
+        model_args = ["--model", model] + (["--pretrained", pretrained] if pretrained else [])
+    open_clip_precision = {"fp32": "fp32", "bf16": "amp_bf16", "fp16": "amp"}[precision]
+    args = [*model_args, "--train-data", str(csv_path), "--dataset-type", "csv", "--csv-separator", ",",
             "--csv-img-key", "filepath", "--csv-caption-key", "query", "--batch-size", str(batch_size),
             "--epochs", "1", "--workers", str(workers), "--device", device, "--lr", "1e-4", "--warmup", "2",
-            "--logs", str(work / "logs"), "--name", "bench", "--log-every-n-steps", "2", "--save-frequency", "0",
-            "--precision", "fp32", "--image-mean", *map(str, norm["mean"]), "--image-std", *map(str, norm["std"])]
+            "--logs", str(work / "logs"), "--name", name, "--log-every-n-steps", "1", "--save-frequency", "0",
+            "--precision", open_clip_precision]
     open_clip_main(args)
-    log = (work / "logs" / "bench" / "out.log").read_text()
-    speeds = [float(m) for m in re.findall(r"([0-9.]+)/s/gpu", log)]
-    return float(np.median(speeds[1:] if len(speeds) > 1 else speeds))
+    log = (work / "logs" / name / "out.log").read_text()
+    return steady([float(m) for m in re.findall(r"([0-9.]+)/s/gpu", log)], warmup)
 
 
-def ours_speed(data_dir: Path, batch_size: int, steps: int, workers: int, device: str, work: Path, **cfg) -> float:
+def ours_speed(data_dir: Path, batch_size: int, steps: int, workers: int, device: str, work: Path, warmup: int,
+               model: str, pretrained: str, precision: str, **cfg) -> list[float]:
     result = train(data_dir=str(data_dir), output_dir=str(work / "ours"), freeze="none", batch_size=batch_size,
-                   epochs=1, max_steps=steps, workers=workers, device=device, log_every=2, eval_split="",
-                   precision="fp32", progress=False, **cfg)
-    speeds = result.history["samples_per_s"].to_numpy()
+                   epochs=1, max_steps=steps, workers=workers, device=device, log_every=1, eval_split="",
+                   model=model, pretrained=pretrained, precision=precision, grad_clip=0.0, save_every=-1, epoch_checkpoints=False, progress=False, **cfg)
     shutil.rmtree(work / "ours")
-    return float(np.median(speeds[1:] if len(speeds) > 1 else speeds))
+    return steady(result.history["samples_per_s"].tolist(), warmup)
+
+
+def loss_costs(batch_size: int, device: str, dim: int = 256, repeats: int = 200) -> dict[str, float]:
+    """Milliseconds per forward + backward of each loss as the trainer calls it, on random embeddings."""
+    from open_clip.loss import ClipLoss
+
+    from gclcore.loss import GCLLoss, multi_field_loss
+
+    gen = torch.Generator().manual_seed(0)
+    query, image, title = (torch.nn.functional.normalize(torch.randn(batch_size, dim, generator=gen), dim=-1).to(device)
+                           for _ in range(3))
+    scale = torch.tensor(100.0, device=device)
+    weights = torch.rand(batch_size, generator=gen).to(device)
+    present = {name: torch.ones(batch_size, dtype=torch.bool, device=device) for name in ("query", "image", "title")}
+    gcl = GCLLoss()
+
+    def gcl_call(stw_weights, rhs_weights):
+        rhs = {"image": image, "title": title}
+        return lambda q, r: multi_field_loss(
+            gcl, {"query": q}, {name: r if name == "image" else rhs[name] for name in rhs_weights}, scale,
+            stw_weights, lhs_weights={"query": 1.0}, rhs_weights=rhs_weights, lhs_present={"query": present["query"]},
+            rhs_present={name: present[name] for name in rhs_weights})
+
+    variants = {"open_clip_ClipLoss": lambda q, r: ClipLoss()(r, q, scale),
+                "binary": gcl_call(torch.ones_like(weights), {"image": 1.0}),
+                "weighted": gcl_call(weights, {"image": 1.0}),
+                "multi_field": gcl_call(weights, {"image": 0.9, "title": 0.1})}
+    costs = {}
+    for name, fn in variants.items():
+        q, r = query.clone().requires_grad_(), image.clone().requires_grad_()
+        for _ in range(10):
+            fn(q, r).backward()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn(q, r).backward()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        costs[name] = 1000 * (time.perf_counter() - start) / repeats
+    return costs
 
 
 def main():
@@ -67,19 +129,40 @@ def main():
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default="default", help="any open_clip model name (e.g. ViT-B-32)")
+    parser.add_argument("--pretrained", default="", help="tag or local checkpoint for --model")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="fp32, or autocast (open_clip_train's amp_bf16 / amp)")
+    parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the median")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the four runs, interleaved, this many times")
     args = parser.parse_args()
     data = Path(args.data)
-    common = dict(batch_size=args.batch_size, steps=args.steps, workers=args.workers, device=args.device)
-    out = {"batch_size": args.batch_size, "steps": args.steps, "workers": args.workers, "device": args.device}
+    common = dict(batch_size=args.batch_size, steps=args.steps, workers=args.workers, device=args.device,
+                  model=args.model, pretrained=args.pretrained, precision=args.precision,
+                  warmup=args.warmup)
+    out = {"model": args.model, "precision": args.precision, "batch_size": args.batch_size, "steps": args.steps,
+           "workers": args.workers, "device": args.device, "rounds": args.rounds, "warmup": args.warmup}
+    runs = {"open_clip_train": lambda work: open_clip_speed(data, work=work, **common),
+            "ours_binary": lambda work: ours_speed(data, work=work, stw="constant", rhs_fields="image_local=1", **common),
+            "ours_weighted": lambda work: ours_speed(data, work=work, stw="linear", rhs_fields="image_local=1", **common),
+            "ours_multi_field": lambda work: ours_speed(data, work=work, stw="linear",
+                                                        rhs_fields="image_local=0.9,title=0.1", **common)}
+    speeds = {name: [] for name in runs}
+    round_medians = {name: [] for name in runs}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        out["open_clip_train"] = open_clip_speed(data, work=work, **common)
-        out["ours_binary"] = ours_speed(data, work=work, stw="constant", rhs_fields="image_local=1", **common)
-        out["ours_weighted"] = ours_speed(data, work=work, stw="linear", rhs_fields="image_local=1", **common)
-        out["ours_multi_field"] = ours_speed(data, work=work, stw="linear", rhs_fields="image_local=0.9,title=0.1",
-                                             **common)
+        for _ in range(args.rounds):  # interleaved, so a slow spell of the machine hits every trainer
+            for name, run in runs.items():
+                steps = run(Path(tmp))
+                speeds[name] += steps
+                round_medians[name].append(round(float(np.median(steps)), 2))
+    for name in runs:
+        out[name] = round(float(np.median(speeds[name])), 2)
+    out["per_round_medians"] = round_medians
     out["ratio_binary_vs_open_clip"] = round(out["ours_binary"] / out["open_clip_train"], 3)
     out["weighting_cost_pct"] = round(100 * (out["ours_binary"] / out["ours_weighted"] - 1), 1)
+    out["loss_ms"] = {k: round(v, 3) for k, v in loss_costs(args.batch_size, args.device).items()}
+    step_ms = 1000 * args.batch_size / out["ours_binary"]
+    out["loss_pct_of_step"] = {k: round(100 * v / step_ms, 3) for k, v in out["loss_ms"].items()}
     print(json.dumps(out, indent=1))
 
 

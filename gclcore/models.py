@@ -181,11 +181,16 @@ def state_digest(*parts) -> str:
 
 
 def load_encoder(model: str = "default", pretrained: str | None = None, device: str | torch.device | None = None,
-                 **open_clip_kwargs) -> Encoder:
+                 channels_last: bool = True, **open_clip_kwargs) -> Encoder:
     """Build an :class:`Encoder` (see the module docstring for what ``model`` / ``pretrained`` accept).
 
     ``pretrained`` for the default model may be a checkpoint path (e.g. one written by
     :mod:`gclcore.train`); without it the default model starts from the packaged pretrained towers.
+    ``channels_last`` stores a convolutional image tower's weights in channels-last layout, which
+    convolutions then also use for their (contiguous) inputs: on the 2-core CPU box it makes the default
+    model's EfficientNet forward + backward ~35% faster and inference ~40% faster (bench/RESULTS.md); it
+    is the layout NVIDIA recommends for convolutions in bf16/fp16 too. Values are unchanged up to
+    floating-point rounding, and checkpoints load into either layout.
     """
     import open_clip
 
@@ -208,6 +213,8 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
         if is_file:
             load_checkpoint(net, pretrained)
     net = net.to(device).eval()
+    if channels_last and any(isinstance(m, torch.nn.Conv2d) for m in net.visual.modules()):
+        net.visual.to(memory_format=torch.channels_last)
     return Encoder(net, open_clip.get_tokenizer(name), preprocess_train, preprocess, name, pretrained, device)
 
 
