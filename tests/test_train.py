@@ -140,3 +140,22 @@ def test_two_ranks_under_torchrun_follow_the_single_process_run(tmp_path, tiny_s
     assert final["eval/NDCG@10"] == pytest.approx(single.evaluations["eval/NDCG@10"].iloc[-1], abs=1e-6)
     state = torch.load(out / "checkpoints" / "state-latest.pt", weights_only=False)
     assert len(state["rank_rng"]) == 2 and state["step"] == single.steps
+
+
+def test_full_towers_embed_text_fields_in_one_call_like_separate_calls(tiny_shop):
+    from gclcore.data import ImageResolver
+    from gclcore.evaluate import parse_fields
+
+    encoder = load_encoder("default", device="cpu")
+    cfg = trainer.TrainConfig(data_dir=str(tiny_shop), workers=0)
+    lhs, rhs = parse_fields("query=1"), parse_fields("image_local=0.9,title=0.1")
+    rows = trainer.training_rows(cfg, list(lhs + rhs))
+    towers = trainer.FullTowers(encoder, rows, lhs, rhs, ImageResolver(tiny_shop / "images"), cfg)
+    batch = next(towers.loader([np.arange(6)]))
+    encoder.model.eval()  # no dropout, BatchNorm running statistics: both paths are deterministic
+    with torch.no_grad():
+        embedded = towers.embed(batch)
+        for name in ("query", "title"):
+            alone = encoder.model.encode_text(batch[name], normalize=True)
+            assert embedded[name].shape == (6, 256) and torch.allclose(embedded[name], alone, atol=1e-5)
+        assert torch.allclose(embedded["image_local"], encoder.model.encode_image(batch["image_local"], normalize=True))
