@@ -141,6 +141,26 @@ def test_two_ranks_under_torchrun_follow_the_single_process_run(tmp_path, tiny_s
     state = torch.load(out / "checkpoints" / "state-latest.pt", weights_only=False)
     assert len(state["rank_rng"]) == 2 and state["step"] == single.steps
 
+    # interrupted (Ctrl-C to torchrun once the first state is saved) and resumed: the same weights, bit for bit
+    import signal
+    import time
+
+    cfg.update(output_dir=str(tmp_path / "killed"))
+    (tmp_path / "killed.yaml").write_text(yaml.safe_dump(cfg))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "gclcore.train", "--config", str(tmp_path / "killed.yaml")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = tmp_path / "killed" / "checkpoints" / "state-latest.pt"
+    while not saved.exists() and first.poll() is None:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=120) != 0  # stopped mid-run, not finished
+    done = subprocess.run(command + ["--set", "resume=latest"], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = _final_weights(tmp_path / "killed" / "model.pt")
+    assert all(torch.equal(b[k], resumed[k]) for k in b)
+
 
 def test_full_towers_embed_text_fields_in_one_call_like_separate_calls(tiny_shop):
     from gclcore.data import ImageResolver
