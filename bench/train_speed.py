@@ -78,7 +78,8 @@ def ours_speed(data_dir: Path, batch_size: int, steps: int, workers: int, device
                model: str, pretrained: str, precision: str, **cfg) -> list[float]:
     result = train(data_dir=str(data_dir), output_dir=str(work / "ours"), freeze="none", batch_size=batch_size,
                    epochs=1, max_steps=steps, workers=workers, device=device, log_every=1, eval_split="",
-                   model=model, pretrained=pretrained, precision=precision, grad_clip=0.0, save_every=-1, epoch_checkpoints=False, progress=False, **cfg)
+                   model=model, pretrained=pretrained, precision=precision, grad_clip=0.0, save_every=-1,
+                   epoch_checkpoints=False, progress=False, **cfg)
     shutil.rmtree(work / "ours")
     return steady(result.history["samples_per_s"].tolist(), warmup)
 
@@ -94,15 +95,16 @@ def loss_costs(batch_size: int, device: str, dim: int = 256, repeats: int = 200)
                            for _ in range(3))
     scale = torch.tensor(100.0, device=device)
     weights = torch.rand(batch_size, generator=gen).to(device)
-    present = {name: torch.ones(batch_size, dtype=torch.bool, device=device) for name in ("query", "image", "title")}
+    present = torch.ones(batch_size, dtype=torch.bool, device=device)
     gcl = GCLLoss()
 
     def gcl_call(stw_weights, rhs_weights):
-        rhs = {"image": image, "title": title}
-        return lambda q, r: multi_field_loss(
-            gcl, {"query": q}, {name: r if name == "image" else rhs[name] for name in rhs_weights}, scale,
-            stw_weights, lhs_weights={"query": 1.0}, rhs_weights=rhs_weights, lhs_present={"query": present["query"]},
-            rhs_present={name: present[name] for name in rhs_weights})
+        def call(q, r):  # r: the image embeddings (with gradients); the title's are fixed
+            rhs = {"image": r, "title": title}
+            return multi_field_loss(gcl, {"query": q}, {name: rhs[name] for name in rhs_weights}, scale, stw_weights,
+                                    lhs_weights={"query": 1.0}, rhs_weights=rhs_weights, lhs_present={"query": present},
+                                    rhs_present={name: present for name in rhs_weights})
+        return call
 
     variants = {"open_clip_ClipLoss": lambda q, r: ClipLoss()(r, q, scale),
                 "binary": gcl_call(torch.ones_like(weights), {"image": 1.0}),

@@ -22,7 +22,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 from gclcore.train import TrainConfig, train
@@ -48,21 +47,6 @@ def run_config(spec: dict, name: str, out: str | Path, overrides: dict | None = 
     values = {**spec["base"], **(overrides or {}), **(spec["runs"][name] or {})}
     values["output_dir"] = str(Path(out) / name)
     return TrainConfig.from_dict(values)
-
-
-def collect(spec: dict, out: str | Path) -> pd.DataFrame:
-    """Every finished run's test summary rows, with ``run`` and ``split`` columns (missing runs skipped
-    with a note)."""
-    frames = []
-    for name in spec["runs"]:
-        path = Path(out) / name / "test" / "results.csv"
-        if not path.exists():
-            print(f"note: run {name!r} has no results yet ({path})")
-            continue
-        frames.append(pd.read_csv(path).assign(run=name))
-    if not frames:
-        raise FileNotFoundError(f"no finished runs under {out}")
-    return pd.concat(frames, ignore_index=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,10 +99,10 @@ class FeatureCache:
         trunk_sum = _digest(model.visual.trunk, model.text.transformer)
         key = _digest(trunk_sum, "\n".join(texts), "\n".join(names), resolver.root.resolve() if resolver else "")
         path = Path(cache_dir) / f"trunk-features-{key}.pt" if cache_dir is not None else None
+        text_index, image_index = {t: i for i, t in enumerate(texts)}, {n: i for i, n in enumerate(names)}
         if path is not None and path.exists():
             saved = torch.load(path, map_location="cpu", weights_only=True)
-            return cls(dict(zip(texts, range(len(texts)))), saved["text"], dict(zip(names, range(len(names)))),
-                       saved["image"], trunk_sum)
+            return cls(text_index, saved["text"], image_index, saved["image"], trunk_sum)
         model.eval()
         device = encoder.device
         text_parts = []
@@ -124,8 +124,7 @@ class FeatureCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(path, binary=True) as fh:
                 torch.save({"text": text_features, "image": image_features}, fh)
-        return cls(dict(zip(texts, range(len(texts)))), text_features, dict(zip(names, range(len(names)))),
-                   image_features, trunk_sum)
+        return cls(text_index, text_features, image_index, image_features, trunk_sum)
 
 
 class HeadEncoder:

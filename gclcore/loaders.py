@@ -30,7 +30,6 @@ class ImageFiles(Dataset):
 
     def __init__(self, stored_paths: list[str], resolver: ImageResolver, transform: Callable):
         self.paths, self.resolver, self.transform = list(stored_paths), resolver, transform
-        self._placeholder = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -53,6 +52,14 @@ def load_with_status(resolver: ImageResolver, stored_path) -> tuple:
     return Image.new("RGB", (size, size), (128, 128, 128)), MISSING if problem == "missing" else UNREADABLE
 
 
+def record_problems(resolver: ImageResolver, stored_paths, status: torch.Tensor) -> None:
+    """Count a batch's non-OK items (``status`` from :func:`load_with_status`, aligned with ``stored_paths``)
+    on the resolver, which raises there if its policy is ``"error"``."""
+    for j in torch.nonzero(status != OK).flatten().tolist():
+        stored = stored_paths[j]
+        resolver.record(stored if isinstance(stored, str) else "", "missing" if status[j] == MISSING else "unreadable")
+
+
 def iterate_images(stored_paths: list[str], resolver: ImageResolver, transform: Callable, batch_size: int = 128,
                    workers: int | None = None) -> Iterator[torch.Tensor]:
     """Batches of preprocessed images in order, decoded in ``workers`` processes; problems are counted on
@@ -63,7 +70,6 @@ def iterate_images(stored_paths: list[str], resolver: ImageResolver, transform: 
                         shuffle=False)
     start = 0
     for pixels, status in loader:
-        for j in torch.nonzero(status != OK).flatten().tolist():
-            resolver.record(stored_paths[start + j], "missing" if status[j] == MISSING else "unreadable")
+        record_problems(resolver, stored_paths[start:start + len(status)], status)
         start += len(status)
         yield pixels

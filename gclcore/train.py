@@ -45,6 +45,7 @@ import torch
 from gclcore import distributed
 from gclcore.data import ImageResolver, atomic_write, read_split_csv, split_files
 from gclcore.evaluate import Field, evaluate_split, parse_fields
+from gclcore.loaders import default_workers, load_with_status, record_problems
 from gclcore.loss import GCLLoss, multi_field_loss
 from gclcore.weights import get_stw
 
@@ -228,8 +229,6 @@ class PairRows(torch.utils.data.Dataset):
         return len(next(iter(self.rows.values())))
 
     def __getitem__(self, i):
-        from gclcore.loaders import load_with_status
-
         item = {"index": i}
         for f in self.fields:
             value = self.rows[f.name][i]
@@ -247,8 +246,6 @@ class FullTowers:
     """Full fine-tuning: a batch is a dict of tokens / pixels from the DataLoader."""
 
     def __init__(self, encoder, rows, lhs, rhs, resolver, cfg: TrainConfig):
-        from gclcore.loaders import default_workers
-
         self.encoder, self.model, self.fields = encoder, encoder.model, lhs + rhs
         self.eval_encoder = encoder
         self.dataset = PairRows(rows, self.fields, encoder.tokenizer, encoder.preprocess_train, resolver, cfg.seed)
@@ -263,11 +260,9 @@ class FullTowers:
                                              num_workers=self.workers, pin_memory=torch.cuda.is_available())
         for batch in loader:
             for f in self.fields:
-                status = batch.get(f"{f.name}/status")
-                if status is not None:
-                    for j in torch.nonzero(status).flatten().tolist():
-                        self.resolver.record(self.dataset.rows[f.name][int(batch["index"][j])] or "",
-                                             "missing" if status[j] == 1 else "unreadable")
+                if f.is_image:
+                    stored = [self.dataset.rows[f.name][i] for i in batch["index"].tolist()]
+                    record_problems(self.resolver, stored, batch[f"{f.name}/status"])
             yield batch
 
     def indices(self, batch) -> np.ndarray:
@@ -407,6 +402,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     model.logit_scale.requires_grad_(cfg.learn_logit_scale)
     if cfg.learn_logit_scale:
         no_decay.append(model.logit_scale)
+    optimised = decay + no_decay
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
@@ -508,10 +504,10 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
                         loss = objective(joined, index)
                         scaler.scale(loss).backward()
             if ctx.enabled:
-                distributed.average_gradients([p for g in optimizer.param_groups for p in g["params"]], ctx.world)
+                distributed.average_gradients(optimised, ctx.world)
             if cfg.grad_clip:
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(optimised, cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)

@@ -2,11 +2,16 @@
 import dataclasses
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from gclcore import train as trainer
 from gclcore.models import load_encoder
@@ -115,11 +120,6 @@ def test_the_sampler_is_replaceable(tmp_path, tiny_shop):
 def test_two_ranks_under_torchrun_follow_the_single_process_run(tmp_path, tiny_shop):
     """torchrun, 2 CPU ranks on gloo, batch 16 each == one process, batch 32: the same global batches,
     cross-rank negatives and averaged gradients give the same weights, losses and evaluation."""
-    import subprocess
-    import sys
-
-    import yaml
-
     common = dict(epochs=2, stw="linear", rhs_fields="image_local=0.9,title=0.1", duplicates="mask",
                   eval_top_k=20, save_every=3)
     single = trainer.train(config(tmp_path / "one", tiny_shop, batch_size=32, **common))
@@ -142,9 +142,6 @@ def test_two_ranks_under_torchrun_follow_the_single_process_run(tmp_path, tiny_s
     assert len(state["rank_rng"]) == 2 and state["step"] == single.steps
 
     # interrupted (Ctrl-C to torchrun once the first state is saved) and resumed: the same weights, bit for bit
-    import signal
-    import time
-
     cfg.update(output_dir=str(tmp_path / "killed"))
     (tmp_path / "killed.yaml").write_text(yaml.safe_dump(cfg))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
