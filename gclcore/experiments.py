@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from gclcore.train import TrainConfig, train
+from gclcore.config import TrainConfig, parse_overrides
+from gclcore.train import train
 
 
 def load(path: str | Path) -> dict:
@@ -64,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         print("\n".join(spec["runs"]))
         return 0
-    overrides = dict(item.partition("=")[::2] for item in args.set)
-    overrides = {k: v for k, v in overrides.items() if v != ""}
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as err:
+        parser.error(str(err))
     for name in args.names:
         try:
             result = train(run_config(spec, name, args.out, overrides))

@@ -30,104 +30,23 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import random
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from gclcore import distributed
+from gclcore.config import TrainConfig, parse_overrides
 from gclcore.data import ImageResolver, atomic_write, read_split_csv, split_files
 from gclcore.evaluate import Field, evaluate_split, parse_fields
 from gclcore.loaders import default_workers, load_with_status, record_problems
 from gclcore.loss import GCLLoss, multi_field_loss
 from gclcore.weights import get_stw
-
-
-@dataclass
-class TrainConfig:
-    """Every field is also a papermill parameter of notebooks/03_train and a YAML key.
-
-    Defaults marked (Marqtune) follow Marqo's hosted GCL trainer, not the unpublished paper settings.
-    """
-
-    # data
-    data_dir: str = "data/synth-small-seed0"
-    image_root: str = ""                    # "" -> <data_dir>/images when it exists
-    train_split: str = "query_0_product_id_0"
-    max_position: int = 0                   # keep rows with position <= this (0: all rows)
-    # model
-    model: str = "default"
-    pretrained: str = ""
-    freeze: str = "auto"                    # "trunks" (cached features, heads trained) | "none" | "auto"
-    # GCL
-    stw: str = "linear"                     # see gclcore.weights; "constant" is the CLIP baseline
-    lhs_fields: str = "query=1"
-    rhs_fields: str = "image_local=0.9,title=0.1"
-    field_mode: str = "fused"               # fused | pairs | both
-    weight_norm: str = "mean"               # none | mean | sum
-    direction: float = 0.5                  # weight of the query->document term
-    duplicates: str = "negatives"           # negatives | mask | positives
-    # optimisation
-    epochs: int = 5                         # (Marqtune)
-    max_steps: int = 0                      # stop after this many steps (0: run all epochs)
-    batch_size: int = 256                   # (Marqtune, per device)
-    accum_freq: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 20
-    beta1: float = 0.9
-    beta2: float = 0.98                     # (Marqtune for ViT)
-    eps: float = 1e-6                       # (Marqtune for ViT)
-    grad_clip: float = 1.0                  # 0: off
-    learn_logit_scale: bool = True
-    precision: str = "auto"                 # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    seed: int = 0
-    # evaluation and runtime
-    eval_split: str = "query_1_product_id_0"  # "" turns evaluation during training off
-    eval_query_set: str = "dev"             # the shipped dev ground truth; test stays untouched
-    eval_every: int = 0                     # steps between evaluations (0: at the end only)
-    eval_top_q: int = 2000
-    eval_top_k: int = 1000
-    test_splits: str = ""                   # after training, the reference protocol on these splits ("all")
-    output_dir: str = "runs/default"
-    feature_cache_dir: str = ""             # "" -> <data_dir>/.feature-cache
-    resume: str = ""                        # "" | "latest" | path to a state file
-    save_every: int = 0                     # steps between full-state saves (0: each epoch, -1: at the end only)
-    epoch_checkpoints: bool = True          # keep an open_clip checkpoint per epoch (checkpoints/epoch_N.pt)
-    log_every: int = 10
-    device: str = ""                        # "" -> cuda if available; under torchrun each rank's cuda:LOCAL_RANK
-    dist_backend: str = "auto"              # under torchrun: auto (nccl on GPUs, gloo on CPUs) | nccl | gloo
-    dist_timeout_min: int = 60              # how long ranks wait while rank 0 evaluates or builds caches
-    workers: int = -1                       # -1: one per spare core
-    progress: bool = True
-    tensorboard: bool = False
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
-        import yaml
-
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.from_dict({**values, **overrides})
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; known: {sorted(known)}")
-        coerced = {}
-        for name, value in values.items():
-            kind = type(known[name].default)
-            coerced[name] = value if value is None or isinstance(value, kind) else (
-                str(value).lower() in ("1", "true", "yes") if kind is bool else kind(value))
-        return cls(**coerced)
 
 
 @dataclass
@@ -590,13 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML file of TrainConfig fields")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = value
     try:
+        overrides = parse_overrides(args.set)
         cfg = TrainConfig.from_yaml(args.config, **overrides) if args.config else TrainConfig.from_dict(overrides)
         result = train(cfg)
     except (ValueError, FileNotFoundError, KeyError) as err:

@@ -1,0 +1,152 @@
+"""The training configuration: one dataclass, and one parser for ``key=value`` overrides.
+
+:class:`TrainConfig` is the single vocabulary of a training run: its fields are the YAML keys of a
+config file (``python -m gclcore.train --config FILE``), the ``--set key=value`` overrides of
+``gclcore.train`` and ``gclcore.experiments``, the keys of a run in ``book/experiments.yaml`` and the
+papermill parameters of ``notebooks/03_train``. Every one of those paths goes through
+:func:`coerce_overrides`, so an unknown key or a value of the wrong type fails the same way everywhere,
+naming the key, the value and the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@dataclass
+class TrainConfig:
+    """Every field is also a papermill parameter of notebooks/03_train and a YAML key.
+
+    Defaults marked (Marqtune) follow Marqo's hosted GCL trainer, not the unpublished paper settings.
+    """
+
+    # data
+    data_dir: str = "data/synth-small-seed0"
+    image_root: str = ""                    # "" -> <data_dir>/images when it exists
+    train_split: str = "query_0_product_id_0"
+    max_position: int = 0                   # keep rows with position <= this (0: all rows)
+    # model
+    model: str = "default"
+    pretrained: str = ""
+    freeze: str = "auto"                    # "trunks" (cached features, heads trained) | "none" | "auto"
+    # GCL
+    stw: str = "linear"                     # see gclcore.weights; "constant" is the CLIP baseline
+    lhs_fields: str = "query=1"
+    rhs_fields: str = "image_local=0.9,title=0.1"
+    field_mode: str = "fused"               # fused | pairs | both
+    weight_norm: str = "mean"               # none | mean | sum
+    direction: float = 0.5                  # weight of the query->document term
+    duplicates: str = "negatives"           # negatives | mask | positives
+    # optimisation
+    epochs: int = 5                         # (Marqtune)
+    max_steps: int = 0                      # stop after this many steps (0: run all epochs)
+    batch_size: int = 256                   # (Marqtune, per device)
+    accum_freq: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 20
+    beta1: float = 0.9
+    beta2: float = 0.98                     # (Marqtune for ViT)
+    eps: float = 1e-6                       # (Marqtune for ViT)
+    grad_clip: float = 1.0                  # 0: off
+    learn_logit_scale: bool = True
+    precision: str = "auto"                 # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    seed: int = 0
+    # evaluation and runtime
+    eval_split: str = "query_1_product_id_0"  # "" turns evaluation during training off
+    eval_query_set: str = "dev"             # the shipped dev ground truth; test stays untouched
+    eval_every: int = 0                     # steps between evaluations (0: at the end only)
+    eval_top_q: int = 2000
+    eval_top_k: int = 1000
+    test_splits: str = ""                   # after training, the reference protocol on these splits ("all")
+    output_dir: str = "runs/default"
+    feature_cache_dir: str = ""             # "" -> <data_dir>/.feature-cache
+    resume: str = ""                        # "" | "latest" | path to a state file
+    save_every: int = 0                     # steps between full-state saves (0: each epoch, -1: at the end only)
+    epoch_checkpoints: bool = True          # keep an open_clip checkpoint per epoch (checkpoints/epoch_N.pt)
+    log_every: int = 10
+    device: str = ""                        # "" -> cuda if available; under torchrun each rank's cuda:LOCAL_RANK
+    dist_backend: str = "auto"              # under torchrun: auto (nccl on GPUs, gloo on CPUs) | nccl | gloo
+    dist_timeout_min: int = 60              # how long ranks wait while rank 0 evaluates or builds caches
+    workers: int = -1                       # -1: one per spare core
+    progress: bool = True
+    tensorboard: bool = False
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
+        """The fields of a YAML file, then ``overrides`` (both checked by :func:`coerce_overrides`)."""
+        import yaml
+
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of TrainConfig fields, got {type(values).__name__}")
+        return cls.from_dict({**values, **overrides})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        return cls(**coerce_overrides(values))
+
+
+def config_fields() -> dict[str, type]:
+    """Field name -> its type (that of the default), in declaration order."""
+    return {f.name: type(f.default) for f in dataclasses.fields(TrainConfig)}
+
+
+def coerce_value(key: str, value: Any, kind: type) -> Any:
+    """``value`` as ``kind`` (str, int, float or bool); strings such as ``"64"`` or ``"false"`` are parsed.
+
+    Raises ValueError naming the key for anything that does not convert exactly (``"2.5"`` for an int,
+    ``"maybe"`` for a bool, ``True`` for an int).
+    """
+    if kind is str:
+        return "" if value is None else str(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if kind is bool:
+            if text.lower() in _TRUE + _FALSE:
+                return text.lower() in _TRUE
+        else:
+            try:
+                number = float(text)
+                if kind is float or number.is_integer():
+                    return kind(number) if kind is float else int(number)
+            except ValueError:
+                pass
+    elif kind is bool and isinstance(value, bool):
+        return value
+    elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    elif kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"config key {key!r} expects {kind.__name__}, got {value!r}")
+
+
+def coerce_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Check and type a mapping of TrainConfig fields; unknown keys raise, listing the known ones."""
+    known = config_fields()
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; known: {', '.join(known)}")
+    return {key: coerce_value(key, value, known[key]) for key, value in values.items()}
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["batch_size=64", "stw=log"]`` -> ``{"batch_size": 64, "stw": "log"}``, checked and typed.
+
+    An item without ``=`` raises. ``key=`` gives the empty string (for str fields: "use the default").
+    """
+    raw = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        raw[key.strip()] = value
+    return coerce_overrides(raw)

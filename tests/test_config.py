@@ -1,0 +1,45 @@
+"""One override parser for the trainer, the experiments runner and notebook 03: typed, checked, named errors."""
+import pytest
+
+from gclcore.config import TrainConfig, coerce_overrides, parse_overrides
+
+
+def test_overrides_are_typed_like_the_fields():
+    values = parse_overrides(["batch_size=64", "lr=1e-3", "progress=false", "stw=power:3", "eval_split=",
+                              "direction=1"])
+    assert values == {"batch_size": 64, "lr": 0.001, "progress": False, "stw": "power:3", "eval_split": "",
+                      "direction": 1.0}
+    assert type(values["batch_size"]) is int and type(values["direction"]) is float
+    cfg = TrainConfig.from_dict(values)
+    assert cfg.batch_size == 64 and cfg.progress is False and cfg.eval_split == ""
+
+
+@pytest.mark.parametrize("item, message", [
+    ("batch_size=2.5", "'batch_size' expects int, got '2.5'"),
+    ("batch_size=many", "'batch_size' expects int"),
+    ("progress=maybe", "'progress' expects bool"),
+    ("lr=fast", "'lr' expects float"),
+    ("bacth_size=64", "unknown config key"),
+    ("batch_size", "expected KEY=VALUE"),
+])
+def test_bad_overrides_name_the_key_and_the_expected_type(item, message):
+    with pytest.raises(ValueError, match=message):
+        parse_overrides([item])
+
+
+def test_typed_values_from_yaml_and_papermill_are_checked_too():
+    assert coerce_overrides({"epochs": 3.0, "tensorboard": True, "lr": 1})["lr"] == 1.0
+    with pytest.raises(ValueError, match="'epochs' expects int, got True"):
+        coerce_overrides({"epochs": True})
+    with pytest.raises(ValueError, match="'tensorboard' expects bool, got 1"):
+        coerce_overrides({"tensorboard": 1})
+
+
+def test_yaml_config_with_overrides(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("batch_size: 32\nlr: 1e-3\nstw: constant\n")  # PyYAML reads 1e-3 as a string
+    cfg = TrainConfig.from_yaml(path, **parse_overrides(["batch_size=16"]))
+    assert (cfg.batch_size, cfg.lr, cfg.stw) == (16, 0.001, "constant")
+    path.write_text("- not a mapping\n")
+    with pytest.raises(ValueError, match="expected a mapping"):
+        TrainConfig.from_yaml(path)
