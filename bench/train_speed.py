@@ -88,6 +88,7 @@ def loss_costs(batch_size: int, device: str, dim: int = 256, repeats: int = 200)
     """Milliseconds per forward + backward of each loss as the trainer calls it, on random embeddings."""
     from open_clip.loss import ClipLoss
 
+    from gclcore.fusion import Field, Side
     from gclcore.loss import GCLLoss, multi_field_loss
 
     gen = torch.Generator().manual_seed(0)
@@ -101,9 +102,10 @@ def loss_costs(batch_size: int, device: str, dim: int = 256, repeats: int = 200)
     def gcl_call(stw_weights, rhs_weights):
         def call(q, r):  # r: the image embeddings (with gradients); the title's are fixed
             rhs = {"image": r, "title": title}
-            return multi_field_loss(gcl, {"query": q}, {name: rhs[name] for name in rhs_weights}, scale, stw_weights,
-                                    lhs_weights={"query": 1.0}, rhs_weights=rhs_weights, lhs_present={"query": present},
-                                    rhs_present={name: present for name in rhs_weights})
+            query_side = Side((Field("query"),), {"query": q}, {"query": present})
+            doc_side = Side(tuple(Field(name, w) for name, w in rhs_weights.items()),
+                            {name: rhs[name] for name in rhs_weights}, {name: present for name in rhs_weights})
+            return multi_field_loss(gcl, query_side, doc_side, scale, stw_weights)
         return call
 
     variants = {"open_clip_ClipLoss": lambda q, r: ClipLoss()(r, q, scale),

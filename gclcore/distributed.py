@@ -170,3 +170,14 @@ def stop(ctx: Context) -> None:
     if _STARTED_HERE:
         dist.destroy_process_group()
         _STARTED_HERE = False
+
+
+def main_first(ctx: Context, build):
+    """``build()`` on rank 0 first, then on the other ranks (e.g. rank 0 writes a shared cache that the
+    others then read instead of computing it again)."""
+    if not ctx.is_main:
+        barrier(ctx)
+    value = build()
+    if ctx.is_main:
+        barrier(ctx)
+    return value

@@ -43,13 +43,11 @@ import pandas as pd
 import torch
 
 from gclcore import metrics
-from gclcore.data import (SPLIT_NAMES, SPLIT_STEMS, DataFormatError, ImageResolver, atomic_write, read_companion,
-                          read_corpus, read_split_csv, split_files)
-from gclcore.fusion import fuse
+from gclcore.data import SPLIT_NAMES, DataFormatError, Dataset, ImageResolver, SplitFiles, atomic_write, open_dataset, split_stems
+from gclcore.fusion import Field, Side, format_fields, parse_fields
 from gclcore.retrieval import exact_topk
 
 QUERY_SUFFIX = "_{!@#~}_"
-IMAGE_FIELDS = ("image_local", "image")
 MAX_SAMPLED_QUERIES = 20_000
 
 
@@ -62,36 +60,6 @@ class TextImageEncoder(Protocol):
     def encode_image_files(self, paths: list[str], resolver: ImageResolver) -> torch.Tensor: ...
 
     def checksum(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class Field:
-    """One input field: a column name, its fusion weight, and whether it is an image."""
-
-    name: str
-    weight: float = 1.0
-
-    @property
-    def is_image(self) -> bool:
-        return self.name in IMAGE_FIELDS
-
-
-def parse_fields(text: str) -> tuple[Field, ...]:
-    """``"image_local=0.9,title=0.1"`` -> fields; a name without ``=w`` has weight 1."""
-    fields = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, weight = part.partition("=")
-        try:
-            fields.append(Field(name.strip(), float(weight) if weight else 1.0))
-        except ValueError as err:
-            raise ValueError(f"bad field weight in {part!r}: use name=weight, e.g. title=0.1") from err
-    if not fields or any(f.weight < 0 for f in fields) or sum(f.weight for f in fields) <= 0:
-        raise ValueError(f"need at least one field with a positive weight, got {text!r}")
-    return tuple(fields)
-
-
-def format_fields(fields: tuple[Field, ...]) -> str:
-    return ",".join(f"{f.name}={f.weight:g}" for f in fields)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,34 +120,25 @@ def build_qrels(frame: pd.DataFrame, keys: pd.Series, grades: np.ndarray, sample
 # Steps 5-7
 # --------------------------------------------------------------------------------------------------
 
-def _file_digest(path: Path, chunk: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def embed_items(encoder: TextImageEncoder, table: pd.DataFrame, fields: tuple[Field, ...],
                 resolver: ImageResolver | None, first_field_always: bool = True) -> torch.Tensor:
     """Fused embeddings of a table's items (rows) over ``fields`` (step 5)."""
-    per_field, present = [], []
+    embeddings, present = {}, {}
     for f in fields:
         if f.name not in table.columns:
             raise DataFormatError("<items>", f"field {f.name!r} not available (have {', '.join(table.columns)})",
                                   column=f.name)
         values = table[f.name]
-        present.append(values.notna().to_numpy())
+        present[f.name] = torch.tensor(values.notna().to_numpy())
         if f.is_image:
             if resolver is None:
                 raise ValueError(f"field {f.name!r} is an image field: pass an image root")
-            per_field.append(encoder.encode_image_files(values.fillna("").astype(str).tolist(), resolver))
+            embeddings[f.name] = encoder.encode_image_files(values.fillna("").astype(str).tolist(), resolver)
         else:
-            per_field.append(encoder.encode_text(values.astype(object).map(str).tolist()))
-    mask = torch.as_tensor(np.stack(present, axis=1))
-    if first_field_always:  # the reference never zeroes the first field
-        mask[:, 0] = True
-    return fuse(per_field, [f.weight for f in fields], mask)
+            embeddings[f.name] = encoder.encode_text(values.astype(object).map(str).tolist())
+    if first_field_always:  # the published evaluation never zeroes the first field
+        present[fields[0].name] = torch.ones(len(table), dtype=torch.bool)
+    return Side(tuple(fields), embeddings, present).fused()
 
 
 def _cached(path: Path | None, compute):
@@ -206,7 +165,7 @@ class SplitResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def evaluate_split(encoder: TextImageEncoder, data_dir: str | os.PathLike, split: str,
+def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset, split: str,
                    output_dir: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
                    lhs_fields: tuple[Field, ...] = (Field("query"),),
                    rhs_fields: tuple[Field, ...] = (Field("image_local"),), weight_key: str = "score_linear",
@@ -215,21 +174,23 @@ def evaluate_split(encoder: TextImageEncoder, data_dir: str | os.PathLike, split
                    progress: bool = True) -> SplitResult:
     """Evaluate one split (a CSV stem or HF split name) and write the reference outputs to ``output_dir``.
 
-    Embeddings are cached under ``cache_dir`` (default ``output_dir/cache``), keyed by the model checksum,
+    ``data`` is a dataset folder or a :class:`gclcore.data.Dataset`; ``image_root`` (with a folder) is
+    where its images are. Embeddings are cached under ``cache_dir`` (default ``output_dir/cache``), keyed by the model checksum,
     fields, field weights and data; ``cache_dir=False`` turns caching off (weights that keep changing).
     """
-    files = split_files(data_dir, split)
+    dataset = open_dataset(data, image_root)
+    files = dataset.files(split)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    frame = read_split_csv(files.csv)
+    frame = dataset.rows(split)
     keys = query_keys(frame, tuple(f.name for f in lhs_fields))
-    qrels = _load_or_build_qrels(frame, keys, files, out, weight_key, top_q, top_k, query_set)
+    qrels = _load_or_build_qrels(frame, keys, dataset, files, out, weight_key, top_q, top_k, query_set)
     sampled = list(qrels)
     timings["qrels_s"] = time.perf_counter() - t0
 
-    resolver = ImageResolver(image_root, missing="placeholder") if image_root is not None else None
+    resolver = dataset.image_resolver()
     cache = None if cache_dir is False else Path(cache_dir) if cache_dir is not None else out / "cache"
 
     def cache_file(name: str) -> Path | None:
@@ -244,9 +205,9 @@ def evaluate_split(encoder: TextImageEncoder, data_dir: str | os.PathLike, split
     query_tag = hashlib.sha256("\n".join(sampled).encode()).hexdigest()[:16]
     query_emb = _cached(cache_file(f"queries-{encoder.checksum()}-{_fields_tag(lhs_fields)}-{query_tag}.pt"),
                         lambda: embed_items(encoder, query_table, lhs_fields, resolver))
-    corpus = read_corpus(files.corpus)
-    corpus_tag = _file_digest(files.corpus) + ("-" + hashlib.sha256(str(Path(image_root).resolve()).encode())
-                                               .hexdigest()[:8] if image_root is not None else "")
+    corpus = dataset.corpus(split)
+    corpus_tag = dataset.digest(files.corpus) + ("-" + hashlib.sha256(str(dataset.image_root).encode())
+                                                 .hexdigest()[:8] if dataset.image_root is not None else "")
     corpus_emb = _cached(cache_file(f"corpus-{encoder.checksum()}-{_fields_tag(rhs_fields)}-{corpus_tag}.pt"),
                          lambda: embed_items(encoder, corpus, rhs_fields, resolver))
     timings["embed_s"] = time.perf_counter() - t1
@@ -280,9 +241,8 @@ def evaluate_split(encoder: TextImageEncoder, data_dir: str | os.PathLike, split
                                       "timings_s": {k: round(v, 3) for k, v in timings.items()}})
     pd.DataFrame([summary]).to_csv(out / "output.csv", index=False)
     per_query.to_csv(out / "per_query.csv")
-    if resolver is not None and (resolver.missing_count or resolver.unreadable_count):
-        print(f"warning: {resolver.missing_count} missing and {resolver.unreadable_count} unreadable images "
-              f"were embedded as grey placeholders", file=sys.stderr)
+    if resolver is not None:
+        resolver.warn_placeholders("embedded")
     return SplitResult(files.stem, summary, means, per_query, out, timings)
 
 
@@ -296,7 +256,8 @@ def _write_json(path: Path, value) -> None:
         fh.write(json.dumps(value, ensure_ascii=False))
 
 
-def _load_or_build_qrels(frame, keys, files, out: Path, weight_key, top_q, top_k, query_set) -> dict:
+def _load_or_build_qrels(frame, keys, dataset: Dataset, files: SplitFiles, out: Path, weight_key, top_q, top_k,
+                        query_set) -> dict:
     gt_path = out / "gt_results.json"
     if gt_path.exists():
         with open(gt_path, encoding="utf-8") as fh:
@@ -308,12 +269,9 @@ def _load_or_build_qrels(frame, keys, files, out: Path, weight_key, top_q, top_k
             grades = np.ones(len(frame), dtype=np.int64)
         qrels = build_qrels(frame, keys, grades, sample_queries(keys, grades, top_q), top_k)
     elif query_set in ("dev", "test"):
-        source = files.gt_dev if query_set == "dev" else files.gt_test
-        if source is None:
-            raise DataFormatError(files.csv, f"no shipped {query_set} ground truth next to this split")
-        judged = read_companion(source)
+        judged = dataset.companion(files.stem, f"gt_{query_set}")
         if judged.kind == "queries":
-            raise DataFormatError(source, "holds query texts, not ground truth")
+            raise DataFormatError(judged.path, "holds query texts, not ground truth")
         text_of = dict(zip(frame["query_id"].astype(str), keys)) if "query_id" in frame.columns else {}
         qrels = {}
         for qid, docs in judged.data.items():
@@ -326,14 +284,14 @@ def _load_or_build_qrels(frame, keys, files, out: Path, weight_key, top_q, top_k
     return qrels
 
 
-def evaluate(encoder: TextImageEncoder, data_dir: str | os.PathLike, output_dir: str | os.PathLike,
-             splits: str | list[str] = "all", **kwargs) -> pd.DataFrame:
+def evaluate(encoder: TextImageEncoder, data: str | os.PathLike | Dataset, output_dir: str | os.PathLike,
+             splits: str | list[str] = "all", *, image_root: str | os.PathLike | None = None, **kwargs) -> pd.DataFrame:
     """Evaluate several splits (``"all"``: the four in reference order) into ``output_dir/<stem>/`` and
     write the aggregated table ``output_dir/results.csv`` (one summary row per split)."""
-    stems = list(SPLIT_STEMS) if splits == "all" else ([splits] if isinstance(splits, str) else list(splits))
+    dataset = open_dataset(data, image_root)
     rows = []
-    for stem in stems:
-        result = evaluate_split(encoder, data_dir, stem, Path(output_dir) / split_files(data_dir, stem).stem, **kwargs)
+    for stem in split_stems(splits):
+        result = evaluate_split(encoder, dataset, stem, Path(output_dir) / stem, **kwargs)
         rows.append({"split": result.split, "name": SPLIT_NAMES[result.split], **result.summary})
     table = pd.DataFrame(rows)
     table.to_csv(Path(output_dir) / "results.csv", index=False)

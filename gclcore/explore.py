@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from gclcore.data import SPLIT_CORPUS, SPLIT_NAMES, SPLIT_STEMS, ImageResolver, read_corpus, read_split_csv
+from gclcore.data import SPLIT_CORPUS, SPLIT_NAMES, SPLIT_STEMS, ImageResolver, open_dataset, split_halves
 
 OVERVIEW_COLUMNS = ["query", "product_id", "position", "title", "image_local", "score_linear"]
 
@@ -22,15 +21,13 @@ OVERVIEW_COLUMNS = ["query", "product_id", "position", "title", "image_local", "
 def load_rows(data_dir: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
     """All four split CSVs stacked, with a ``split`` column (HF split name); missing splits are skipped
     with a message, never silently."""
-    data_dir = Path(data_dir)
+    dataset = open_dataset(data_dir)
     frames = []
     for stem in SPLIT_STEMS:
-        path = data_dir / f"{stem}.csv"
-        if not path.exists():
-            print(f"note: {path} not found; left out of the overview")
+        if stem not in dataset.splits:
+            print(f"note: {dataset.root / stem}.csv not found; left out of the overview")
             continue
-        frame = read_split_csv(path, columns=columns)
-        frames.append(frame.assign(split=SPLIT_NAMES[stem]))
+        frames.append(dataset.rows(stem, columns).assign(split=SPLIT_NAMES[stem]))
     if not frames:
         raise FileNotFoundError(f"no split CSVs in {data_dir}")
     return pd.concat(frames, ignore_index=True)
@@ -38,9 +35,8 @@ def load_rows(data_dir: str | os.PathLike, columns: list[str] | None = None) -> 
 
 def overview(rows: pd.DataFrame, data_dir: str | os.PathLike) -> pd.DataFrame:
     """Per split: rows, queries, products, results per query (mean / max), missing titles, corpus size."""
-    data_dir = Path(data_dir)
-    corpus_sizes = {name: len(read_corpus(data_dir / name)) for name in set(SPLIT_CORPUS.values())
-                    if (data_dir / name).exists()}
+    dataset = open_dataset(data_dir)
+    corpus_sizes = {SPLIT_CORPUS[stem]: len(dataset.corpus(stem)) for stem in dataset.splits}
     table = []
     for stem in SPLIT_STEMS:
         part = rows[rows["split"] == SPLIT_NAMES[stem]]
@@ -103,9 +99,7 @@ def plot_ranked_results(rows: pd.DataFrame, image_root: str | os.PathLike, query
         ax.set_yticks([])
     fig.suptitle(f"query: {query!r}", fontsize=11)
     fig.tight_layout()
-    if resolver.missing_count or resolver.unreadable_count:
-        print(f"note: {resolver.missing_count} missing and {resolver.unreadable_count} unreadable images "
-              f"shown as grey placeholders")
+    resolver.warn_placeholders("shown")
     return fig
 
 
@@ -118,7 +112,7 @@ def plot_split_grid(summary):
     total = max(sum(summary.rows.values()), 1)
     colours = {"in_domain": "#4c72b0", "novel_query": "#55a868", "novel_document": "#c44e52", "zero_shot": "#8172b2"}
     for stem in SPLIT_STEMS:
-        a, b = int(stem[6]), int(stem[-1])
+        a, b, _ = split_halves(stem)
         name = SPLIT_NAMES[stem]
         ax.add_patch(plt.Rectangle((b, 1 - a), 1, 1, color=colours[name], alpha=0.25 + 0.5 * summary.rows[stem] / total))
         ax.text(b + 0.5, 1.5 - a, f"{name}\n{stem}.csv\n{summary.rows[stem]:,} rows\n{summary.queries[stem]:,} queries"

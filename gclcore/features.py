@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gclcore.data import ImageResolver, atomic_write, image_basename
+from gclcore.data import Dataset, ImageResolver, atomic_write, image_basename
 from gclcore.models import state_digest as _digest
 
 
@@ -158,18 +158,14 @@ class HeadEncoder:
         return _digest(self.cache.trunk_checksum, *head_modules(self.model), self.model.logit_scale)
 
 
-def dataset_inputs(data_dir: str | os.PathLike, text_fields: list[str], image_fields: list[str],
+def dataset_inputs(dataset: Dataset, text_fields: list[str], image_fields: list[str],
                    stems: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """Every text (of ``text_fields``) and stored image path (of ``image_fields``) in the split CSVs and
-    corpora of a dataset directory: what a feature cache must cover for training and evaluation."""
-    from gclcore.data import SPLIT_CORPUS, SPLIT_STEMS, read_corpus, read_split_csv
-
-    data_dir = Path(data_dir)
-    stems = list(stems or SPLIT_STEMS)
+    """Every text (of ``text_fields``) and stored image path (of ``image_fields``) in the split rows and
+    corpora of a dataset: what a feature cache must cover for training and evaluation."""
+    stems = list(stems or dataset.splits)
     texts: set[str] = set()
     images: set[str] = set()
-    tables = [read_split_csv(data_dir / f"{s}.csv") for s in stems]
-    tables += [read_corpus(data_dir / name) for name in sorted({SPLIT_CORPUS[s] for s in stems})]
+    tables = [dataset.rows(s) for s in stems] + list({id(c): c for c in (dataset.corpus(s) for s in stems)}.values())
     for table in tables:
         for name in text_fields:
             if name in table.columns:

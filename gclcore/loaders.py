@@ -1,9 +1,9 @@
 """Datasets and DataLoaders: image decoding and preprocessing run in worker processes.
 
 :class:`ImageFiles` serves preprocessed images for a list of stored (publisher) image paths. Workers
-cannot update the main process's :class:`~gclcore.data.ImageResolver` counters, so each item carries a
-status code and :func:`iterate_images` applies the resolver's policy (raise, or count and use a
-placeholder) in the main process: nothing is skipped silently.
+cannot update the main process's :class:`~gclcore.data.ImageResolver` counters, so each item carries its
+:class:`~gclcore.data.ImageStatus` and :func:`iterate_images` applies the resolver's policy (raise, or count
+and keep the placeholder) in the main process: nothing is skipped silently.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gclcore.data import ImageResolver
-
-OK, MISSING, UNREADABLE = 0, 1, 2
 
 
 def default_workers() -> int:
@@ -35,29 +33,8 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        image, status = load_with_status(self.resolver, self.paths[i])
-        return self.transform(image), status
-
-
-def load_with_status(resolver: ImageResolver, stored_path) -> tuple:
-    """``(RGB image, status)`` for a stored path: the decoded image and OK, or a grey placeholder and
-    MISSING / UNREADABLE (a missing value counts as MISSING). Safe in worker processes: nothing is counted
-    here; the main process passes the status to ``resolver.record``."""
-    from PIL import Image
-
-    image, problem = (None, "missing") if not isinstance(stored_path, str) else resolver.load(stored_path)
-    if problem is None:
-        return image, OK
-    size = resolver.placeholder_size
-    return Image.new("RGB", (size, size), (128, 128, 128)), MISSING if problem == "missing" else UNREADABLE
-
-
-def record_problems(resolver: ImageResolver, stored_paths, status: torch.Tensor) -> None:
-    """Count a batch's non-OK items (``status`` from :func:`load_with_status`, aligned with ``stored_paths``)
-    on the resolver, which raises there if its policy is ``"error"``."""
-    for j in torch.nonzero(status != OK).flatten().tolist():
-        stored = stored_paths[j]
-        resolver.record(stored if isinstance(stored, str) else "", "missing" if status[j] == MISSING else "unreadable")
+        image, status = self.resolver.load(self.paths[i])
+        return self.transform(image), int(status)
 
 
 def iterate_images(stored_paths: list[str], resolver: ImageResolver, transform: Callable, batch_size: int = 128,
@@ -70,6 +47,6 @@ def iterate_images(stored_paths: list[str], resolver: ImageResolver, transform: 
                         shuffle=False)
     start = 0
     for pixels, status in loader:
-        record_problems(resolver, stored_paths[start:start + len(status)], status)
+        resolver.record_batch(stored_paths[start:start + len(status)], status)
         start += len(status)
         yield pixels

@@ -1,6 +1,6 @@
 """The GCL loss: weighted in-batch contrastive cross-entropy over (query, document, weight) triplets.
 
-Reconstruction (gcl-method.md section 2; the paper's exact equation is not public). For a batch of N
+Reconstruction (the book's methods page, "The GCL loss"; the paper's exact equation is not public). For a batch of N
 triplets with unit embeddings ``L_i`` (query side) and ``R_i`` (document side), weights ``w_i`` and
 logit scale ``t``::
 
@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gclcore.fusion import fuse
+from gclcore.fusion import Side
 
 Gather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
 
@@ -147,43 +147,41 @@ class GCLLoss(nn.Module):
         return -(targets * torch.where(targets > 0, log_p, torch.zeros_like(log_p))).sum(1)
 
 
-def multi_field_loss(loss: GCLLoss, lhs: Mapping[str, torch.Tensor], rhs: Mapping[str, torch.Tensor],
-                     logit_scale: torch.Tensor, weights: torch.Tensor | None = None, *,
-                     lhs_weights: Mapping[str, float], rhs_weights: Mapping[str, float],
-                     lhs_present: Mapping[str, torch.Tensor] | None = None,
-                     rhs_present: Mapping[str, torch.Tensor] | None = None,
-                     mode: Literal["fused", "pairs", "both"] = "fused",
+def multi_field_loss(loss: GCLLoss, query: Side, doc: Side, logit_scale: torch.Tensor,
+                     weights: torch.Tensor | None = None, *, mode: Literal["fused", "pairs", "both"] = "fused",
                      pair_weights: Mapping[tuple[str, str], float] | None = None,
-                     query_ids=None, doc_ids=None) -> torch.Tensor:
+                     query_ids: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """GCL over several fields per side.
 
-    ``"fused"``: one loss on the weighted-average embeddings (:func:`gclcore.fusion.fuse`, missing fields
-    weight 0); ``"pairs"``: ``sum_(a,b) lambda_ab * L(L^a, R^b)`` over field pairs (the FashionCLIP hint;
-    ``pair_weights`` default 1 for every pair; rows where a field is missing get weight 0 in that pair's
-    term); ``"both"``: their sum.
+    Args:
+        loss: the pair loss (:class:`GCLLoss`).
+        query, doc: the two sides (:class:`gclcore.fusion.Side`: fields, (N, d) embeddings, presence).
+        logit_scale: scalar ``t`` (exponentiated).
+        weights: (N,) pair weights (STW output); None means all ones.
+        mode: ``"fused"``: one loss on the weighted-average embeddings (missing fields weight 0);
+            ``"pairs"``: ``sum_(a,b) lambda_ab * L(L^a, R^b)`` over field pairs (``pair_weights`` default 1
+            for every pair; rows where a field is missing get weight 0 in that pair's term);
+            ``"both"``: their sum.
+        query_ids, doc_ids: (N,) integer ids for the duplicate handling of :class:`GCLLoss`.
     """
-    n = next(iter(lhs.values())).shape[0]
-    weights = torch.ones(n, device=next(iter(lhs.values())).device) if weights is None else weights
+    if mode not in ("fused", "pairs", "both"):
+        raise ValueError(f"mode must be fused, pairs or both, not {mode!r}")
+    first = query.embeddings[query.fields[0].name]
+    weights = torch.ones(first.shape[0], device=first.device) if weights is None else weights
     total = torch.zeros((), device=weights.device)
     if mode in ("fused", "both"):
-        fused = []
-        for side, fields, base, present in ((lhs, list(lhs), lhs_weights, lhs_present),
-                                            (rhs, list(rhs), rhs_weights, rhs_present)):
-            mask = None if present is None else torch.stack([present[f] for f in fields], dim=1)
-            fused.append(fuse([side[f] for f in fields], [base[f] for f in fields], mask))
-        total = total + loss(fused[0], fused[1], logit_scale, weights, query_ids, doc_ids)
+        total = total + loss(query.fused(), doc.fused(), logit_scale, weights, query_ids, doc_ids)
     if mode in ("pairs", "both"):
-        for a, left in lhs.items():
-            for b, right in rhs.items():
-                lam = 1.0 if pair_weights is None else pair_weights.get((a, b), 0.0)
+        for a in query.fields:
+            for b in doc.fields:
+                lam = 1.0 if pair_weights is None else pair_weights.get((a.name, b.name), 0.0)
                 if lam == 0:
                     continue
                 w = weights
-                for present, name in ((lhs_present, a), (rhs_present, b)):
+                for present in (query.presence(a.name), doc.presence(b.name)):
                     if present is not None:
-                        w = w * present[name].to(w.dtype)
-                total = total + lam * loss(F.normalize(left, dim=-1), F.normalize(right, dim=-1),
-                                           logit_scale, w, query_ids, doc_ids)
-    if mode not in ("fused", "pairs", "both"):
-        raise ValueError(f"mode must be fused, pairs or both, not {mode!r}")
+                        w = w * present.to(w.dtype)
+                total = total + lam * loss(F.normalize(query.embeddings[a.name], dim=-1),
+                                           F.normalize(doc.embeddings[b.name], dim=-1), logit_scale, w,
+                                           query_ids, doc_ids)
     return total

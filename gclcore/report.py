@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gclcore.data import SPLIT_NAMES, SPLIT_STEMS, ImageResolver, read_corpus
+from gclcore.data import SPLIT_NAMES, SPLIT_STEMS, open_dataset
+from gclcore.runlog import read_history, split_history
 
 PAPER_METRICS = {"NDCG@10": "nDCG@10", "mERR": "ERR", "mRBP9": "RBP (p=0.9)"}
 """The paper's three columns. Its RBP ``p`` is not published; RBP9 is reported (7 and 8 are in the tables)."""
 
 
-def history(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """The run's log (``log.jsonl``) as a DataFrame: training rows have ``loss``, evaluation rows ``eval/*``."""
-    with open(Path(run_dir) / "log.jsonl", encoding="utf-8") as fh:
-        return pd.DataFrame([json.loads(line) for line in fh if line.strip()])
+history = read_history
+"""A run's ``log.jsonl`` as a DataFrame (:func:`gclcore.runlog.read_history`)."""
 
 
 def results(runs_dir: str | os.PathLike, names: list[str]) -> pd.DataFrame:
@@ -80,8 +79,7 @@ def plot_training(log: pd.DataFrame):
     """Loss, learning rate, logit scale and samples/s per step, plus the dev metrics at each evaluation."""
     import matplotlib.pyplot as plt
 
-    train_rows = log[log["loss"].notna()] if "loss" in log else log.iloc[0:0]
-    evals = log[log["eval/NDCG@10"].notna()] if "eval/NDCG@10" in log else log.iloc[0:0]
+    train_rows, evals = split_history(log)
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
     for ax, key, title in zip(axes[:3], ("loss", "lr", "samples_per_s"), ("GCL loss", "learning rate", "samples / s")):
         if len(train_rows):
@@ -137,12 +135,12 @@ def plot_ranking_examples(data_dir: str | os.PathLike, image_root: str | os.Path
         query = str(np.random.default_rng(seed).choice(sorted(qrels)))
     runs = {name: json.loads((Path(runs_dir) / name / "test" / split / "retrieval.json").read_text())[query]
             for name in names}
-    corpus = read_corpus(Path(data_dir) / ("corpus_1.json" if split.endswith("_0") else "corpus_2.json"))
-    corpus = corpus.set_index("product_id")
-    resolver = ImageResolver(image_root, missing="placeholder")
+    dataset = open_dataset(data_dir, image_root)
+    corpus = dataset.corpus(split).set_index("product_id")
+    resolver = dataset.image_resolver()
     fig, axes = plt.subplots(len(names), n, figsize=(2.1 * n, 2.6 * len(names)), squeeze=False)
     for r, name in enumerate(names):
-        for c, (pid, score) in enumerate(list(runs[name].items())[:n]):
+        for c, pid in enumerate(list(runs[name])[:n]):
             ax = axes[r, c]
             ax.imshow(resolver.open(corpus.loc[pid, "image_local"]))
             grade = qrels[query].get(pid, 0)

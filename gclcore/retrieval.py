@@ -8,8 +8,8 @@ so neither low-precision rounding nor the chunking decides the order.
 
 Ordering contract: scores descending; equal scores ordered by corpus index ascending (deterministic,
 unlike a bare ``torch.topk``). The score set is the exact top-k; only when several documents tie
-exactly at the k-th score is it unspecified which of them is kept. The evaluator writes its run in this order, which is therefore the
-"Python order" of the reference metrics.
+exactly at the k-th score is it unspecified which of them is kept. The evaluator writes its run in
+this order, which is therefore the "Python order" of the reference metrics.
 
 ``backend="faiss"`` uses ``faiss.IndexFlatIP`` (the reference's CPU path; ``pip install faiss-cpu``) for
 corpora where a FAISS index is already at hand; results are returned in the same order contract.

@@ -37,8 +37,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gclcore.data import (CSV_COLUMNS, SPLIT_CORPUS, SPLIT_NAMES, SPLIT_STEMS, DataFormatError, atomic_write,
-                          read_corpus, read_split_csv, write_csv)
+from gclcore.data import (
+    CORPUS_FILES,
+    CSV_COLUMNS,
+    SPLIT_CORPUS,
+    SPLIT_NAMES,
+    SPLIT_STEMS,
+    DataFormatError,
+    atomic_write,
+    read_corpus,
+    read_split_csv,
+    split_halves,
+    write_csv,
+)
 
 
 @dataclass
@@ -159,14 +170,14 @@ def build_splits(ranked: str | os.PathLike | pd.DataFrame, out_dir: str | os.Pat
     product_half = frame["product_id"].astype(str).map(product_halves).to_numpy()
     products = frame.drop_duplicates("product_id")[["product_id", "image_local", "title"]]
     products = products.assign(half=products["product_id"].astype(str).map(product_halves))
-    for b, corpus_name in ((0, "corpus_1.json"), (1, "corpus_2.json")):
+    for b, corpus_name in enumerate(CORPUS_FILES):
         part = products[products["half"] == b].sort_values("product_id")
         corpus = {str(pid): {"image_local": _json_value(img), "title": _json_value(title)}
                   for pid, img, title in zip(part["product_id"], part["image_local"], part["title"])}
         with atomic_write(out / corpus_name) as fh:
             json.dump(corpus, fh, ensure_ascii=False)
     for stem in tqdm(SPLIT_STEMS, desc="write splits", disable=not progress):
-        a, b = int(stem[6]), int(stem[-1])
+        a, b, _ = split_halves(stem)
         part = frame[(query_half == a) & (product_half == b)]
         write_csv(part, out / f"{stem}.csv")
         _write_companions(part, out / stem, np.random.RandomState(seed + 2 + 10 * a + b), dev_fraction)
@@ -207,7 +218,7 @@ def check_splits(data_dir: str | os.PathLike, *, query_fraction: float = 0.8, pr
     data_dir = Path(data_dir)
     summary = SplitSummary()
     frames = {stem: read_split_csv(data_dir / f"{stem}.csv", columns=["query", "product_id"]) for stem in SPLIT_STEMS}
-    corpora = {name: set(read_corpus(data_dir / name)["product_id"]) for name in ("corpus_1.json", "corpus_2.json")}
+    corpora = {name: set(read_corpus(data_dir / name)["product_id"]) for name in CORPUS_FILES}
     for name, ids in corpora.items():
         summary.corpus_size[name] = len(ids)
     queries = {a: set() for a in (0, 1)}
@@ -221,7 +232,7 @@ def check_splits(data_dir: str | os.PathLike, *, query_fraction: float = 0.8, pr
             violations.append((check, file, describe(sorted(found)[0])))
 
     for stem, frame in frames.items():
-        a, b = int(stem[6]), int(stem[-1])
+        a, b, _ = split_halves(stem)
         path = data_dir / f"{stem}.csv"
         queries[a].update(frame["query"])
         products[b].update(frame["product_id"])
@@ -229,7 +240,7 @@ def check_splits(data_dir: str | os.PathLike, *, query_fraction: float = 0.8, pr
         summary.queries[stem] = int(frame["query"].nunique())
         summary.products[stem] = int(frame["product_id"].nunique())
         record("split products absent from their corpus", set(frame["product_id"]) - corpora[SPLIT_CORPUS[stem]],
-               path, lambda pid: f"{pid} not in {SPLIT_CORPUS[stem]}")
+               path, lambda pid, corpus=SPLIT_CORPUS[stem]: f"{pid} not in {corpus}")
         split_pairs = set(zip(frame["query"], frame["product_id"]))
         record("pairs in more than one split", pairs & split_pairs, path, repr)
         pairs |= split_pairs
@@ -239,9 +250,9 @@ def check_splits(data_dir: str | os.PathLike, *, query_fraction: float = 0.8, pr
         record("input pairs in no split", expected_pairs - pairs, data_dir, repr)
         record("unexpected pairs", pairs - expected_pairs, data_dir, repr)
     n_queries = len(queries[0]) + len(queries[1])
-    n_products = len(corpora["corpus_1.json"]) + len(corpora["corpus_2.json"])
+    n_products = sum(len(corpora[name]) for name in CORPUS_FILES)
     summary.query_fraction = len(queries[0]) / max(n_queries, 1)
-    summary.product_fraction = len(corpora["corpus_1.json"]) / max(n_products, 1)
+    summary.product_fraction = len(corpora[CORPUS_FILES[0]]) / max(n_products, 1)
     for label, got, want in (("query", summary.query_fraction, query_fraction),
                              ("product", summary.product_fraction, product_fraction)):
         off = abs(got - want) > tolerance

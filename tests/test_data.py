@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from gclcore import data
 from gclcore.data import DataFormatError
@@ -147,6 +148,32 @@ def test_image_resolver_uses_basename_only(quirks):
     assert (lenient.missing_count, lenient.unreadable_count) == (1, 1)
 
 
+def test_image_load_statuses_are_counted_once_in_the_main_process(quirks, capsys):
+    resolver = data.ImageResolver(quirks / "images", missing="placeholder", placeholder_size=4)
+    stored = ["/x/none.webp", "/x/broken.webp", float("nan")]
+    loaded = [resolver.load(p) for p in stored]  # what a DataLoader worker does: nothing counted yet
+    assert [status for _, status in loaded] == [data.ImageStatus.MISSING, data.ImageStatus.UNREADABLE,
+                                                data.ImageStatus.MISSING]
+    assert all(image.getpixel((0, 0)) == data.placeholder(4).getpixel((0, 0)) for image, _ in loaded)
+    assert (resolver.missing_count, resolver.unreadable_count) == (0, 0)
+    resolver.record_batch(stored, torch.tensor([int(s) for _, s in loaded]))
+    assert (resolver.missing_count, resolver.unreadable_count) == (2, 1)
+    resolver.warn_placeholders("embedded")
+    assert "2 missing and 1 unreadable images" in capsys.readouterr().err
+    strict = data.ImageResolver(quirks / "images")
+    with pytest.raises(DataFormatError, match="broken.webp.*image unreadable"):
+        strict.record_batch(stored[1:2], [data.ImageStatus.UNREADABLE])
+
+
+def test_the_split_rule_lives_in_one_place():
+    assert data.split_halves("query_1_product_id_0") == (1, 0, "corpus_1.json")
+    assert data.split_halves("zero_shot") == (1, 1, "corpus_2.json")
+    assert [data.split_stem(*data.split_halves(s)[:2]) for s in data.SPLIT_STEMS] == list(data.SPLIT_STEMS)
+    assert data.canonical_stem("novel_document") == "query_0_product_id_1"
+    with pytest.raises(ValueError, match="unknown split 'train'"):
+        data.split_halves("train")
+
+
 def test_remap_images_rewrites_only_paths(quirks, tmp_path):
     before = list(csv.reader(open(quirks / SPLIT, newline="", encoding="utf-8")))
     done = data.remap_images(quirks, tmp_path / "imgs")
@@ -176,7 +203,7 @@ def test_remap_is_atomic_when_interrupted(quirks, monkeypatch):
                 raise KeyboardInterrupt
             self.inner.writerow(row)
 
-    monkeypatch.setattr(data.csv, "writer", Exploding)
+    monkeypatch.setattr(data.remap.csv, "writer", Exploding)
     with pytest.raises(KeyboardInterrupt):
         data.remap_csv_images(quirks / SPLIT, "/new")
     assert (quirks / SPLIT).read_bytes() == original

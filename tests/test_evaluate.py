@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gclcore import evaluate, metrics
-from gclcore.evaluate import Field
+from gclcore.fusion import Field, parse_fields
 
 
 def test_grade_transform_float_quirk():
@@ -118,12 +118,12 @@ def test_shipped_dev_ground_truth_as_query_set(tiny_shop, tmp_path):
 
 
 def test_field_parsing():
-    assert evaluate.parse_fields("image_local=0.9, title=0.1") == (Field("image_local", 0.9), Field("title", 0.1))
-    assert evaluate.parse_fields("query") == (Field("query", 1.0),)
+    assert parse_fields("image_local=0.9, title=0.1") == (Field("image_local", 0.9), Field("title", 0.1))
+    assert parse_fields("query") == (Field("query", 1.0),)
     with pytest.raises(ValueError, match="name=weight"):
-        evaluate.parse_fields("title=heavy")
+        parse_fields("title=heavy")
     with pytest.raises(ValueError, match="positive weight"):
-        evaluate.parse_fields("title=0")
+        parse_fields("title=0")
 
 
 @pytest.mark.slow

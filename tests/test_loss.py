@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gclcore.fusion import fuse
+from gclcore.fusion import Field, Side, fuse
 from gclcore.loss import GCLLoss, multi_field_loss
 from gclcore.weights import available, get_stw
 
@@ -36,7 +36,7 @@ def test_finite_difference_gradients():
     ids = torch.tensor([0, 0, 1, 2, 3])
     for duplicates in ("negatives", "mask", "positives"):
         loss = GCLLoss(weight_norm="mean", direction=0.3, duplicates=duplicates)
-        assert torch.autograd.gradcheck(lambda a, b, c: loss(a, b, torch.tensor(7.0, dtype=torch.float64), c, ids,
+        assert torch.autograd.gradcheck(lambda a, b, c, loss=loss: loss(a, b, torch.tensor(7.0, dtype=torch.float64), c, ids,
                                                              torch.arange(5)), (q, r, w))
 
 
@@ -143,14 +143,15 @@ def test_multi_field_modes():
     scale, w = torch.tensor(8.0), torch.linspace(1, 2, 6)
     loss = GCLLoss()
     present = {"image": torch.ones(6, dtype=torch.bool), "title": torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool)}
-    kwargs = dict(lhs_weights={"query": 1.0}, rhs_weights={"image": 0.9, "title": 0.1}, rhs_present=present)
-    fused = multi_field_loss(loss, {"query": q}, {"image": r, "title": t}, scale, w, **kwargs)
+    query = Side((Field("query"),), {"query": q})
+    doc = Side((Field("image", 0.9), Field("title", 0.1)), {"image": r, "title": t}, present)
+    fused = multi_field_loss(loss, query, doc, scale, w)
     manual = loss(q, fuse([r, t], [0.9, 0.1], torch.stack([present["image"], present["title"]], 1)), scale, w)
     assert fused.item() == pytest.approx(manual.item(), abs=1e-6)
-    pairs = multi_field_loss(loss, {"query": q}, {"image": r, "title": t}, scale, w, mode="pairs", **kwargs)
+    pairs = multi_field_loss(loss, query, doc, scale, w, mode="pairs")
     expected = loss(q, r, scale, w) + loss(q, t, scale, w * present["title"])
     assert pairs.item() == pytest.approx(expected.item(), abs=1e-6)
-    both = multi_field_loss(loss, {"query": q}, {"image": r, "title": t}, scale, w, mode="both", **kwargs)
+    both = multi_field_loss(loss, query, doc, scale, w, mode="both")
     assert both.item() == pytest.approx(fused.item() + pairs.item(), abs=1e-5)
 
 

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 import pytrec_eval
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gclcore import metrics
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gclcore import splits
 from gclcore.data import SPLIT_STEMS, DataFormatError, read_companion, read_corpus, read_split_csv

@@ -15,6 +15,8 @@ import yaml
 
 from gclcore import train as trainer
 from gclcore.models import load_encoder
+from gclcore.optim import Precision
+from gclcore.towers import FullTowers, build_towers
 
 pytestmark = pytest.mark.slow
 
@@ -161,14 +163,14 @@ def test_two_ranks_under_torchrun_follow_the_single_process_run(tmp_path, tiny_s
 
 def test_full_towers_embed_text_fields_in_one_call_like_separate_calls(tiny_shop):
     from gclcore.data import ImageResolver
-    from gclcore.evaluate import parse_fields
+    from gclcore.fusion import parse_fields
 
     encoder = load_encoder("default", device="cpu")
     cfg = trainer.TrainConfig(data_dir=str(tiny_shop), workers=0)
     lhs, rhs = parse_fields("query=1"), parse_fields("image_local=0.9,title=0.1")
-    rows = trainer.training_rows(cfg, list(lhs + rhs))
-    towers = trainer.FullTowers(encoder, rows, lhs, rhs, ImageResolver(tiny_shop / "images"), cfg)
-    batch = next(towers.loader([np.arange(6)]))
+    rows = trainer.training_rows(cfg, lhs + rhs)
+    towers = FullTowers(encoder, rows, lhs + rhs, ImageResolver(tiny_shop / "images"), seed=0, workers=0)
+    batch = next(towers.loader([np.arange(6)], epoch=0))
     encoder.model.eval()  # no dropout, BatchNorm running statistics: both paths are deterministic
     with torch.no_grad():
         embedded = towers.embed(batch)
@@ -176,3 +178,34 @@ def test_full_towers_embed_text_fields_in_one_call_like_separate_calls(tiny_shop
             alone = encoder.model.encode_text(batch[name], normalize=True)
             assert embedded[name].shape == (6, 256) and torch.allclose(embedded[name], alone, atol=1e-5)
         assert torch.allclose(embedded["image_local"], encoder.model.encode_image(batch["image_local"], normalize=True))
+
+
+def test_train_step_accumulation_equals_the_full_batch_step(tmp_path, tiny_shop):
+    """train_step on its own: 4 micro-batches of 8 give the same update as one batch of 32 (GradCache),
+    the logit scale included (its gradient is taken once, not once per micro-batch)."""
+    from gclcore.data import open_dataset
+    from gclcore.fusion import parse_fields
+
+    cfg = trainer.TrainConfig(data_dir=str(tiny_shop), workers=0, progress=False)
+    lhs, rhs = parse_fields(cfg.lhs_fields), parse_fields(cfg.rhs_fields)
+    rows = trainer.training_rows(cfg, lhs + rhs)
+    batch = torch.as_tensor(trainer.epoch_batches(len(rows), 32, seed=0, epoch=0)[0])
+    updated = []
+    for accum_freq in (1, 4):
+        torch.manual_seed(0)  # the projection heads start from a seeded random init
+        encoder = load_encoder("default", device="cpu")
+        towers = build_towers("trunks", encoder, rows, lhs + rhs, open_dataset(tiny_shop),
+                              cache_dir=str(tmp_path.parent / "features"), seed=0, workers=0, progress=False)
+        objective = trainer.PairObjective(rows, lhs, rhs, cfg, encoder.model, torch.device("cpu"))
+        params = towers.trainable() + [encoder.model.logit_scale]
+        optimizer = torch.optim.SGD(params, lr=0.5)  # updates linear in the gradients: they must agree
+        before = {k: v.clone() for k, v in encoder.model.state_dict().items()}
+        loss = trainer.train_step(towers, objective, batch, optimizer, Precision.choose("fp32", torch.device("cpu")),
+                                  params, accum_freq=accum_freq, grad_clip=1.0)
+        assert torch.isfinite(loss)
+        after = encoder.model.state_dict()
+        changed = [k for k in after if not torch.equal(after[k], before[k])]
+        assert changed and all("proj" in k or "head" in k or k == "logit_scale" for k in changed)  # trunks frozen
+        updated.append({k: after[k].clone() for k in changed})
+    assert updated[0].keys() == updated[1].keys()
+    assert all(torch.allclose(updated[0][k], updated[1][k], atol=1e-6) for k in updated[0])

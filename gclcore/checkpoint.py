@@ -1,0 +1,109 @@
+"""Checkpoints and the train state: what a run saves, and how ``resume`` picks it up exactly.
+
+A run directory holds:
+
+- ``model.pt`` and ``checkpoints/epoch_N.pt``: open_clip's checkpoint format (``{"epoch", "step", "name",
+  "state_dict"}``), loadable by :func:`gclcore.models.load_encoder` and by open_clip itself;
+- ``checkpoints/state-latest.pt``: everything needed to continue bit for bit: model, optimiser and
+  grad-scaler states, the :class:`TrainState` (step, epoch, position in the epoch, log history), the RNG
+  states of every rank and the config.
+
+Every file is written atomically (a kill mid-save leaves the previous file intact).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gclcore import distributed
+from gclcore.data import atomic_write
+
+
+@dataclass
+class TrainState:
+    """Where a run is: optimiser steps taken, the epoch and the batches of it already done, and the log."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def advance(self) -> None:
+        """One optimiser step done."""
+        self.step += 1
+        self.batch_in_epoch += 1
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+
+def save_file(path: str | Path, payload: dict) -> None:
+    """``torch.save`` through an atomic write (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, binary=True) as fh:
+        torch.save(payload, fh)
+
+
+def save_model(path: str | Path, model: torch.nn.Module, state: TrainState, name: str) -> None:
+    """An open_clip-format checkpoint of ``model`` (``name``: the model name, for the loader)."""
+    save_file(path, {"epoch": state.epoch, "step": state.step, "name": name, "state_dict": model.state_dict()})
+
+
+def rng_state() -> dict:
+    """This process's torch, NumPy, Python and CUDA RNG states."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def state_path(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints" / "state-latest.pt"
+
+
+def resume_path(output_dir: str | Path, resume: str) -> Path | None:
+    """The state file to resume from: ``""`` none; ``"latest"`` the run's own state if it exists (a fresh
+    start otherwise); anything else a path, which must exist."""
+    if not resume:
+        return None
+    path = state_path(output_dir) if resume == "latest" else Path(resume)
+    if resume == "latest" and not path.exists():
+        return None
+    if not path.exists():
+        raise FileNotFoundError(f"resume state {path} not found (resume= takes 'latest' or a state-latest.pt path)")
+    return path
+
+
+def save_state(output_dir: str | Path, model, optimizer, scaler, state: TrainState, config,
+               ctx: distributed.Context) -> None:
+    """Write ``state-latest.pt`` on rank 0 with every rank's RNG state (a collective: call on all ranks)."""
+    rngs = distributed.gather_objects(rng_state(), ctx)
+    if ctx.is_main:
+        save_file(state_path(output_dir), {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            **dataclasses.asdict(state), "rng": rngs[0], "rank_rng": rngs if ctx.enabled else [],
+            "config": dataclasses.asdict(config)})
+
+
+def load_state(path: str | Path, model, optimizer, scaler, ctx: distributed.Context) -> TrainState:
+    """Restore model, optimiser, scaler and this rank's RNG from a state file; returns the train state."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scaler.load_state_dict(saved["scaler"])
+    rank_rngs = saved.get("rank_rng", [])
+    set_rng_state(rank_rngs[ctx.rank] if ctx.enabled and len(rank_rngs) == ctx.world else saved["rng"])
+    return TrainState(saved["step"], saved["epoch"], saved["batch_in_epoch"], saved["history"])

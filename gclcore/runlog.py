@@ -1,0 +1,88 @@
+"""A run's log: one JSON line per logged step or evaluation, optionally mirrored to TensorBoard.
+
+``log.jsonl`` rows are either training rows (``step``, ``epoch``, ``loss``, ``lr``, ``logit_scale``,
+``samples_per_s``) or evaluation rows (``step``, ``epoch``, ``eval/<metric>``). The trainer writes it
+through :class:`RunLog`; the book reads it back with :func:`read_history` and :func:`split_history`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from gclcore.data import atomic_write
+
+EVAL_KEY = "eval/NDCG@10"
+"""The column that marks an evaluation row."""
+
+
+class RunLog:
+    """Appends rows to ``history`` (the list the train state saves) and, when ``write`` (rank 0), to
+    ``<run>/log.jsonl`` and TensorBoard.
+
+    On start the file is rewritten from ``history``: after a resume, rows logged after the last saved
+    state are gone from the file too, so the log and the state agree.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, history: list[dict], write: bool = True,
+                 tensorboard: bool = False):
+        self.path, self.history, self.write = Path(run_dir) / "log.jsonl", history, write
+        self.writer = None
+        if write:
+            with atomic_write(self.path) as fh:
+                fh.writelines(json.dumps(row) + "\n" for row in history)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def append(self, row: dict) -> None:
+        self.history.append(row)
+        if not self.write:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for key, value in row.items():
+                if key not in ("step", "epoch"):
+                    self.writer.add_scalar(key, value, row["step"])
+
+    def evaluated_steps(self) -> set[int]:
+        return {row["step"] for row in self.history if EVAL_KEY in row}
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Throughput:
+    """Samples per second since the last :meth:`rate` call (the window between two logged steps)."""
+
+    def __init__(self):
+        self.start, self.samples = time.perf_counter(), 0
+
+    def add(self, samples: int) -> None:
+        self.samples += samples
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        rate = self.samples / max(now - self.start, 1e-9)
+        self.start, self.samples = now, 0
+        return rate
+
+
+def read_history(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """A run's ``log.jsonl`` as a DataFrame: training rows have ``loss``, evaluation rows ``eval/*``."""
+    with open(Path(run_dir) / "log.jsonl", encoding="utf-8") as fh:
+        return pd.DataFrame([json.loads(line) for line in fh if line.strip()])
+
+
+def split_history(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(training rows, evaluation rows)`` of a history, each without the other's all-empty columns."""
+    train = frame[frame["loss"].notna()] if "loss" in frame else frame.iloc[0:0]
+    evals = frame[frame[EVAL_KEY].notna()] if EVAL_KEY in frame else frame.iloc[0:0]
+    return train.dropna(axis=1, how="all"), evals.dropna(axis=1, how="all")

@@ -1,0 +1,186 @@
+"""The two tower regimes of training, behind one :class:`Towers` protocol.
+
+- :class:`HeadTowers` (``freeze="trunks"``, the CPU default): the pretrained trunks are frozen and their
+  features cached once (:mod:`gclcore.features`); a batch is a tensor of row indices, and only the
+  projection heads (and the logit scale) train, LiT-style.
+- :class:`FullTowers` (``freeze="none"``): full fine-tuning; images are decoded and augmented and texts
+  tokenised in DataLoader workers (:class:`PairRows`), augmentation seeded per (seed, epoch, row) so runs
+  and resumes are reproducible.
+
+The trainer only sees the protocol: the parameters to optimise, a loader of batches for an epoch, the
+row indices of a batch, and the per-field embeddings of a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gclcore.data import Dataset, ImageResolver
+from gclcore.fusion import Field
+from gclcore.loaders import default_workers
+
+
+class Towers(Protocol):
+    model: torch.nn.Module
+    eval_encoder: Any
+    """What evaluation during training embeds with (:class:`gclcore.evaluate.TextImageEncoder`)."""
+
+    def trainable(self) -> list[torch.nn.Parameter]: ...
+
+    def loader(self, batches: list[np.ndarray], epoch: int) -> Iterator[Any]: ...
+
+    def indices(self, batch) -> np.ndarray: ...
+
+    def embed(self, batch) -> dict[str, torch.Tensor]: ...
+
+
+class HeadTowers:
+    """Locked trunks, trained heads: a batch is a tensor of row indices into the cached features.
+
+    The feature cache covers every text and image column of the dataset (plus the run's own fields), so
+    that runs with different fields share it instead of recomputing trunk features.
+    """
+
+    def __init__(self, encoder, rows: pd.DataFrame, fields: tuple[Field, ...], dataset: Dataset, cache_dir: str,
+                 workers: int, progress: bool):
+        from gclcore.features import FeatureCache, HeadEncoder, check_splittable, dataset_inputs, trunk_parameters
+
+        check_splittable(encoder.model)
+        for p in trunk_parameters(encoder.model):
+            p.requires_grad_(False)
+        text_fields = sorted({"query", "title"} | {f.name for f in fields if not f.is_image})
+        image_fields = sorted({"image_local"} | {f.name for f in fields if f.is_image})
+        texts, images = dataset_inputs(dataset, text_fields, image_fields)
+        cache = FeatureCache.build(encoder, texts, images, dataset.image_resolver(), cache_dir, progress=progress,
+                                   workers=None if workers < 0 else workers)
+        self.model, self.fields = encoder.model, fields
+        self.eval_encoder = HeadEncoder(encoder.model, cache, encoder.device)
+        self.row_index = {}
+        for f in fields:
+            values = rows[f.name]
+            if f.is_image:  # a missing image gets row 0 and presence False: it never contributes
+                filled = values.fillna(values.dropna().iloc[0] if values.notna().any() else "")
+                self.row_index[f.name] = cache.image_rows(filled.astype(str).tolist())
+            else:
+                self.row_index[f.name] = cache.text_rows(values.astype(object).map(str).tolist())
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        from gclcore.features import head_modules
+
+        return [p for m in head_modules(self.model) for p in m.parameters()]
+
+    def loader(self, batches: list[np.ndarray], epoch: int) -> Iterator[torch.Tensor]:
+        return (torch.as_tensor(b) for b in batches)
+
+    def indices(self, batch: torch.Tensor) -> np.ndarray:
+        return batch.numpy()
+
+    def embed(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        enc = self.eval_encoder
+        return {f.name: (enc.embed_image_rows if f.is_image else enc.embed_text_rows)(self.row_index[f.name][batch])
+                for f in self.fields}
+
+
+class PairRows(torch.utils.data.Dataset):
+    """Full fine-tuning items: tokens per text field, augmented pixels per image field, the row index
+    and an image status per image field (:class:`gclcore.data.ImageStatus`, counted in the main process).
+    Augmentation is seeded per (seed, epoch, row)."""
+
+    def __init__(self, rows: pd.DataFrame, fields: tuple[Field, ...], tokenizer, transform,
+                 resolver: ImageResolver | None, seed: int):
+        self.rows = {f.name: rows[f.name].astype(object).tolist() for f in fields}
+        self.fields, self.tokenizer, self.transform, self.resolver, self.seed = fields, tokenizer, transform, resolver, seed
+        self.epoch = 0
+
+    def __len__(self):
+        return len(next(iter(self.rows.values())))
+
+    def __getitem__(self, i):
+        item = {"index": i}
+        for f in self.fields:
+            value = self.rows[f.name][i]
+            if not f.is_image:
+                item[f.name] = self.tokenizer([str(value)])[0]
+                continue
+            image, status = self.resolver.load(value)
+            item[f"{f.name}/status"] = int(status)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
+                item[f.name] = self.transform(image)
+        return item
+
+
+class FullTowers:
+    """Full fine-tuning: a batch is a dict of tokens / pixels from the DataLoader."""
+
+    def __init__(self, encoder, rows: pd.DataFrame, fields: tuple[Field, ...], resolver: ImageResolver | None,
+                 seed: int, workers: int):
+        self.encoder, self.model, self.fields, self.resolver = encoder, encoder.model, fields, resolver
+        self.eval_encoder = encoder
+        self.dataset = PairRows(rows, fields, encoder.tokenizer, encoder.preprocess_train, resolver, seed)
+        self.workers = default_workers() if workers < 0 else workers
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for name, p in self.model.named_parameters() if name != "logit_scale"]
+
+    def loader(self, batches: list[np.ndarray], epoch: int) -> Iterator[dict]:
+        self.dataset.epoch = epoch  # before the workers start: they copy the dataset
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[b.tolist() for b in batches],
+                                             num_workers=self.workers, pin_memory=torch.cuda.is_available())
+        for batch in loader:
+            for f in self.fields:
+                if f.is_image:
+                    stored = [self.dataset.rows[f.name][i] for i in batch["index"].tolist()]
+                    self.resolver.record_batch(stored, batch[f"{f.name}/status"])
+            yield batch
+
+    def indices(self, batch: dict) -> np.ndarray:
+        return batch["index"].numpy()
+
+    def embed(self, batch: dict) -> dict[str, torch.Tensor]:
+        """All text fields (e.g. query and title) in one text-tower call, which is faster than one call
+        each; image fields one call each, because BatchNorm's batch statistics must stay per field."""
+        device = self.encoder.device
+        texts = [f.name for f in self.fields if not f.is_image]
+        embedded = {}
+        if texts:
+            tokens = torch.cat([batch[name] for name in texts]).to(device, non_blocking=True)
+            embedded = dict(zip(texts, self.model.encode_text(tokens, normalize=True).chunk(len(texts))))
+        for f in self.fields:
+            if f.is_image:
+                embedded[f.name] = self.model.encode_image(batch[f.name].to(device, non_blocking=True), normalize=True)
+        return embedded
+
+
+def build_towers(freeze: str, encoder, rows: pd.DataFrame, fields: tuple[Field, ...], dataset: Dataset, *,
+                 cache_dir: str, seed: int, workers: int, progress: bool) -> Towers:
+    """Head or full towers for ``freeze``: ``"trunks"``, ``"none"``, or ``"auto"`` (locked trunks when the
+    towers can be split into trunk + head, as the embedded default model's can; else full fine-tuning)."""
+    from gclcore.features import check_splittable
+
+    if freeze not in ("auto", "trunks", "none"):
+        raise ValueError(f"freeze must be auto, trunks or none, not {freeze!r}")
+    locked = freeze == "trunks"
+    if freeze == "auto":
+        try:
+            check_splittable(encoder.model)
+            locked = True
+        except ValueError:
+            locked = False
+    if locked:
+        return HeadTowers(encoder, rows, fields, dataset, cache_dir or str(dataset.root / ".feature-cache"), workers,
+                          progress)
+    return FullTowers(encoder, rows, fields, dataset.image_resolver(), seed, workers)
+
+
+def split_batch(batch, parts: int) -> list:
+    """A batch (index tensor or dict of tensors) cut into ``parts`` micro-batches along the first axis."""
+    if isinstance(batch, dict):
+        pieces = {k: torch.chunk(v, parts) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return [{k: v[j] for k, v in pieces.items()} for j in range(parts)]
+    return list(torch.chunk(batch, parts))
