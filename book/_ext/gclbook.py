@@ -28,7 +28,7 @@ from sphinx.util import logging
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent.parent / "_static"
-PARAMETERS_PROMPT = "Show the chapter's parameters"
+PARAMETERS_PROMPT = ("Show the chapter's parameters", "Hide the chapter's parameters")
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -114,7 +114,9 @@ def clean_notebook(nb: dict) -> dict[str, int]:
         if "parameters" in tags and cell.get("cell_type") == "code":
             if not {"hide-input", "remove-input", "remove-cell", "hide-cell"} & set(tags):
                 metadata["tags"] = [*tags, "hide-input"]
-            metadata.setdefault("mystnb", {}).setdefault("code_prompt_show", PARAMETERS_PROMPT)
+            prompts = metadata.setdefault("mystnb", {})
+            prompts.setdefault("code_prompt_show", PARAMETERS_PROMPT[0])
+            prompts.setdefault("code_prompt_hide", PARAMETERS_PROMPT[1])
         outputs = []
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream" and output.get("name") == "stderr":
@@ -149,4 +151,5 @@ def setup(app):
     app.connect("config-inited", _config_inited)
     app.connect("source-read", _source_read)
     app.add_css_file("gcl-book.css")
-    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
+    # env_version: bump when the cleaning changes, so Sphinx re-reads notebooks whose files did not change
+    return {"version": "2", "env_version": 2, "parallel_read_safe": True, "parallel_write_safe": True}
