@@ -50,7 +50,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--virtual-time-budget=15000"]
 
 # Appended to every page served: measures the rendered page into <html data-probe="{json}">.
-PROBE = """<script>(function () {
+PROBE = r"""<script>(function () {
   function describe(e) {
     return e.tagName.toLowerCase() + (typeof e.className === "string" && e.className ? "." + e.className.trim().split(/\s+/).join(".") : "")
       + ": " + (e.innerText || e.textContent || "").replace(/\s+/g, " ").trim().slice(0, 50);

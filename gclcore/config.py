@@ -88,6 +88,11 @@ class TrainConfig:
             raise ValueError(f"{path}: expected a mapping of TrainConfig fields, got {type(values).__name__}")
         return cls.from_dict({**values, **overrides})
 
+    def optimizer_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`gclcore.optim.build_optimizer`."""
+        return {"lr": self.lr, "weight_decay": self.weight_decay, "betas": (self.beta1, self.beta2), "eps": self.eps,
+                "learn_logit_scale": self.learn_logit_scale}
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         return cls(**coerce_overrides(values))

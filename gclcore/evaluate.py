@@ -1,6 +1,6 @@
 """The Marqo-GS evaluation protocol (marqo-ai/GCL ``evals/eval_gs_v1.py``), reproduced and made fast.
 
-Per split (evaluation-protocol.md section 2):
+Per split (the book's methods page, "Evaluation"):
 
 1. read the split CSV; query key = ``query + "_{!@#~}_"`` (queries are identified by their text);
 2. grades: ``trunc((s - min s) / (max s - min s) * 99 + 1)`` over the whole CSV in float64, same

@@ -7,7 +7,7 @@ For an item with fields ``x_1..x_m``, base weights ``a_j`` and presence flags ``
     a''_j = a'_j / sum_k a'_k                  (the remaining weights renormalise)
     v    = normalize(sum_j a''_j e_j)
 
-This is the published evaluation's fusion (the book's methods page, "Multi-field fusion") and GCL's
+This is the published evaluation's fusion (the book's methods page, "The loss") and GCL's
 weighted-average embedding; the trainer and the evaluator both call :func:`fuse`, through
 :class:`Side`. The published evaluation never zeroes the first field (its first field is always
 present); :func:`gclcore.evaluate.embed_items` reproduces that by marking the first field present. An

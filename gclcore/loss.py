@@ -1,6 +1,6 @@
 """The GCL loss: weighted in-batch contrastive cross-entropy over (query, document, weight) triplets.
 
-Reconstruction (the book's methods page, "The GCL loss"; the paper's exact equation is not public). For a batch of N
+Reconstruction (the book's methods page, "The loss"; the paper's exact equation is not public). For a batch of N
 triplets with unit embeddings ``L_i`` (query side) and ``R_i`` (document side), weights ``w_i`` and
 logit scale ``t``::
 

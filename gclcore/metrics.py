@@ -1,6 +1,6 @@
 """Ranking metrics with the semantics of the published GCL evaluation, vectorised over queries.
 
-Notation (``shared/reference/evaluation-protocol.md`` section 3): for query q, ``g_r`` is the grade of the
+Notation (the book's methods page, "Evaluation"): for query q, ``g_r`` is the grade of the
 document at rank r (0 if unjudged or not retrieved), ``J_q`` the judged documents, ``R_q`` the relevant
 ones (grade >= 1), ``m_q`` the query's maximum judged grade.
 
@@ -43,8 +43,6 @@ import pandas as pd
 
 DEFAULT_KS = (1, 3, 5, 10, 100, 1000)
 RBP_PS = {"mRBP7": 0.7, "mRBP8": 0.8, "mRBP9": 0.9}
-SUMMARY_KEYS = ("MAP@{K}", "MRR@{K}", "NDCG@10", "mERR", "mRBP7", "mRBP8", "mRBP9")
-"""The reference's summary row (``output.csv``): ``{K}`` is the largest cutoff (1000 by default)."""
 
 
 @dataclass

@@ -190,17 +190,12 @@ class DevEvaluation:
 def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, **overrides) -> TrainResult:
     """Train (and evaluate) one configuration; see :class:`~gclcore.config.TrainConfig` for every option.
 
-    ``sampler(n_rows, batch_rows, seed, epoch) -> list of row-index arrays`` replaces
-    :func:`epoch_batches` (e.g. at most one row per query per batch); it must be deterministic in
-    (seed, epoch) for resume to stay exact. Under torchrun it draws global batches and each rank trains
-    on its slice (:func:`gclcore.distributed.shard`).
-
-    ``on_step(step)`` is called after every optimiser step (live plots, or stopping a run: an exception
-    raised there ends it like a kill, and ``resume="latest"`` continues from the last saved state).
+    ``sampler(n_rows, batch_rows, seed, epoch) -> list of row-index arrays`` replaces :func:`epoch_batches`;
+    it must be deterministic in (seed, epoch) for resume to stay exact (under torchrun it draws global
+    batches; each rank trains on its slice). ``on_step(step)`` runs after every optimiser step; an
+    exception raised there ends the run like a kill, and ``resume="latest"`` continues it.
     """
     from tqdm.auto import tqdm
-
-    from gclcore.models import load_encoder
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config or {}))
     cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
@@ -210,11 +205,8 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     _start_run(cfg, out, ctx)
 
     # the model, the rows and their weights, the towers, the objective
-    encoder = load_encoder(cfg.model, cfg.pretrained, device=device)
+    encoder = _load_model(cfg, device, ctx)
     model = encoder.model
-    if ctx.enabled:
-        distributed.broadcast_parameters(model)
-        torch.manual_seed(cfg.seed + ctx.rank)  # own dropout masks per rank
     lhs, rhs = parse_fields(cfg.lhs_fields), parse_fields(cfg.rhs_fields)
     dataset = open_dataset(cfg.data_dir, cfg.image_root or None)
     rows = training_rows(cfg, lhs + rhs, dataset)
@@ -225,9 +217,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
                               gather=distributed.all_gather_with_grad if ctx.enabled else None)
 
     # optimiser, schedule, precision, resume
-    optimizer, params = build_optimizer(towers.trainable(), model.logit_scale, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                        betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                        learn_logit_scale=cfg.learn_logit_scale)
+    optimizer, params = build_optimizer(towers.trainable(), model.logit_scale, **cfg.optimizer_options())
     batch_rows = cfg.batch_size * cfg.accum_freq * ctx.world  # the global batch
     total_steps = _total_steps(cfg, len(sampler(len(rows), batch_rows, cfg.seed, 0)), len(rows), batch_rows)
     lr_at = cosine_schedule(cfg.lr, cfg.warmup_steps, total_steps)
@@ -244,7 +234,8 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
         evaluation(state)  # the untrained (zero-shot) model: the like-for-like baseline row
 
     # the loop
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", disable=not (cfg.progress and ctx.is_main))
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step",
+               disable=not (cfg.progress and ctx.is_main))
     throughput = Throughput()
     while state.step < total_steps:
         batches = distributed.shard(sampler(len(rows), batch_rows, cfg.seed, state.epoch), ctx)
@@ -256,9 +247,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
             throughput.add(len(towers.indices(batch)) * ctx.world)
             bar.update(1)
             if state.step % cfg.log_every == 0 or state.step == total_steps:
-                row = {"step": state.step, "epoch": state.epoch, "loss": distributed.mean_over_ranks(loss.item(), ctx, device),
-                       "lr": lr_at(state.step - 1), "logit_scale": model.logit_scale.exp().item(),
-                       "samples_per_s": throughput.rate()}
+                row = _progress_row(state, loss, lr_at(state.step - 1), model, throughput, ctx, device)
                 log.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{row['samples_per_s']:.0f}")
             if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
@@ -283,6 +272,28 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     test = evaluation.test()
     log.close()
     distributed.stop(ctx)
+    return _result(out, state, test)
+
+
+def _load_model(cfg: TrainConfig, device: torch.device, ctx: distributed.Context):
+    """The encoder to train; under torchrun every rank starts from rank 0's weights, with its own dropout."""
+    from gclcore.models import load_encoder
+
+    encoder = load_encoder(cfg.model, cfg.pretrained, device=device)
+    if ctx.enabled:
+        distributed.broadcast_parameters(encoder.model)
+        torch.manual_seed(cfg.seed + ctx.rank)
+    return encoder
+
+
+def _progress_row(state: TrainState, loss: torch.Tensor, lr: float, model, throughput: Throughput,
+                  ctx: distributed.Context, device: torch.device) -> dict:
+    """A training row of the log: the loss (mean over ranks), learning rate, logit scale, samples/s."""
+    return {"step": state.step, "epoch": state.epoch, "loss": distributed.mean_over_ranks(loss.item(), ctx, device),
+            "lr": lr, "logit_scale": model.logit_scale.exp().item(), "samples_per_s": throughput.rate()}
+
+
+def _result(out: Path, state: TrainState, test: pd.DataFrame | None) -> TrainResult:
     train_rows, eval_rows = split_history(pd.DataFrame(state.history))
     speeds = train_rows["samples_per_s"].to_numpy() if len(train_rows) else np.array([0.0])
     return TrainResult(out, train_rows, eval_rows, out / "model.pt", state.step, float(np.median(speeds)), test)

@@ -1,6 +1,7 @@
 """Score-to-weight (STW) functions: a ranked pair's position / score -> its weight in the GCL loss.
 
-The paper's list of STW functions and its default are not public (gcl-method.md section 3, choice 1),
+The paper's list of STW functions and its default are not public (the book's methods page, "Choices the
+paper leaves open"),
 so this is a registry of named, documented candidates that the book ablates. Each reads one column of
 the training rows (``position`` unless stated), returns float32 weights, and states its range for the
 published data (positions 1..100, ``score_linear = 101 - position``).
