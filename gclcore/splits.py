@@ -45,9 +45,10 @@ from gclcore.data import (
     SPLIT_STEMS,
     DataFormatError,
     atomic_write,
-    read_corpus,
+    open_dataset,
     read_split_csv,
     split_halves,
+    split_stem,
     write_csv,
 )
 
@@ -217,8 +218,9 @@ def check_splits(data_dir: str | os.PathLike, *, query_fraction: float = 0.8, pr
     """
     data_dir = Path(data_dir)
     summary = SplitSummary()
-    frames = {stem: read_split_csv(data_dir / f"{stem}.csv", columns=["query", "product_id"]) for stem in SPLIT_STEMS}
-    corpora = {name: set(read_corpus(data_dir / name)["product_id"]) for name in CORPUS_FILES}
+    dataset = open_dataset(data_dir)
+    frames = {stem: dataset.rows(stem, ["query", "product_id"]) for stem in SPLIT_STEMS}
+    corpora = {name: set(dataset.corpus(split_stem(0, half))["product_id"]) for half, name in enumerate(CORPUS_FILES)}
     for name, ids in corpora.items():
         summary.corpus_size[name] = len(ids)
     queries = {a: set() for a in (0, 1)}
