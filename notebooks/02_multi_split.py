@@ -34,28 +34,28 @@
 # invariants of the published files.
 
 # %% tags=["parameters"]
-data_dir = "../../data/synth-small-seed0"
-image_root = "../../data/synth-small-seed0/images"
-model = "default"
-pretrained = ""
-seed = 0
+data_dir = ""  # the dataset folder; "" -> the embedded synthetic shop (generated on first use)
+seed = 0       # the split's seed (the synthetic shop's own seed)
 
 # %%
 import filecmp
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from gclcore import explore, splits
+from gclcore import explore, paths, splits
 from gclcore.data import SPLIT_STEMS
 
-ranked = Path(data_dir) / "ranked.csv"
+data_dir = paths.resolve_data_dir(data_dir)
+ranked = data_dir / "ranked.csv"
 if ranked.exists():
-    rebuilt = Path("rebuilt-splits")
-    splits.build_splits(ranked, rebuilt, seed=seed, progress=False)
     names = [f"{s}{suffix}" for s in SPLIT_STEMS for suffix in (".csv", "_queries.json", "_gt_dev.json",
                                                                  "_gt_test.json")] + ["corpus_1.json", "corpus_2.json"]
-    same = {name: filecmp.cmp(rebuilt / name, Path(data_dir) / name, shallow=False) for name in names}
+    with tempfile.TemporaryDirectory(prefix="rebuilt-splits-") as scratch:  # only compared, then removed
+        rebuilt = Path(scratch)
+        splits.build_splits(ranked, rebuilt, seed=seed, progress=False)
+        same = {name: filecmp.cmp(rebuilt / name, data_dir / name, shallow=False) for name in names}
     print(f"rebuilt from {ranked.name}: {sum(same.values())}/{len(same)} files identical to the shipped ones")
     assert all(same.values()), [n for n, ok in same.items() if not ok]
 else:

@@ -19,8 +19,10 @@
 # # 3. Training with GCL
 #
 # One training run: a run of `book/experiments.yaml` (default `gcl-linear`), with any field of
-# `gclcore.train.TrainConfig` overridable as a papermill parameter, e.g.
+# `gclcore.config.TrainConfig` overridable as a papermill parameter, e.g.
 # `papermill notebooks/03_train.ipynb out.ipynb -p model ViT-B-32 -p pretrained /weights/vitb32.pt -p stw reciprocal`.
+# An open_clip model without `pretrained` starts from its standard weights (ViT-B-32: `laion2b_s34b_b79k`),
+# which must be in the local open_clip / Hugging Face cache; `-p pretrained none` asks for random weights.
 #
 # Each training row is a (query, product, weight) triplet: the weight comes from the pair's position
 # through a score-to-weight function, and multiplies that pair's terms of the symmetric in-batch
@@ -29,27 +31,35 @@
 # models are fine-tuned end to end.
 
 # %% tags=["parameters"]
-data_dir = "../../data/synth-small-seed0"
-image_root = "../../data/synth-small-seed0/images"
-model = "default"
-pretrained = ""
+data_dir = ""          # the dataset folder; "" -> the embedded synthetic shop (generated on first use)
+image_root = ""        # "" -> <data_dir>/images
+model = "default"      # "default" (embedded, offline) or an open_clip name such as ViT-B-32
+pretrained = ""        # "" -> the model's standard weights; a checkpoint file; an open_clip tag; "none": random
 experiment = "gcl-linear"
-experiments_file = "../../book/experiments.yaml"
-runs_dir = "runs"
+experiments_file = ""  # "" -> book/experiments.yaml
+runs_dir = ""          # the run is written to <runs_dir>/<experiment>; "" -> build/runs
 
 # %%
-import dataclasses
-
 from IPython.display import Markdown, display
 
-from gclcore import experiments, report
-from gclcore.train import TrainConfig, train
+from gclcore import experiments, paths, report
+from gclcore.config import config_fields
+from gclcore.models import resolve_pretrained
+from gclcore.train import train
 
-fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"output_dir"}
-overrides = {name: value for name, value in dict(globals()).items() if name in fields}
-cfg = experiments.run_config(experiments.load(experiments_file), experiment, runs_dir, overrides)
-display(Markdown(f"Run **{experiment}**: STW `{cfg.stw}`, query fields `{cfg.lhs_fields}`, document fields "
-                 f"`{cfg.rhs_fields}` ({cfg.field_mode}), batch {cfg.batch_size}, {cfg.epochs} epochs, lr {cfg.lr}."))
+# First, before any data is read: weights that cannot be had (e.g. offline) stop the notebook here.
+pretrained = resolve_pretrained(model, pretrained)
+spec = experiments.load(paths.resolve_book_file(experiments_file, "experiments.yaml"))
+runs_dir = paths.resolve_runs_dir(runs_dir)
+data_dir = paths.resolve_data_dir(data_dir)
+image_root = paths.resolve_image_root(image_root, data_dir)
+# Every TrainConfig field this notebook defines (above, or papermill's `-p NAME VALUE`) overrides the run's
+# base; run_config checks and types them (gclcore.config.coerce_overrides). The output folder is the run's own.
+overrides = {name: value for name, value in dict(globals()).items() if name in config_fields() and name != "output_dir"}
+cfg = experiments.run_config(spec, experiment, runs_dir, overrides)
+display(Markdown(f"Run **{experiment}** of `{cfg.model}` ({cfg.pretrained or 'packaged weights'}): STW `{cfg.stw}`, "
+                 f"query fields `{cfg.lhs_fields}`, document fields `{cfg.rhs_fields}` ({cfg.field_mode}), "
+                 f"batch {cfg.batch_size}, {cfg.epochs} epochs, lr {cfg.lr}; writing `{cfg.output_dir}`."))
 result = train(cfg)
 
 # %% [markdown]

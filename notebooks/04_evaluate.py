@@ -24,36 +24,49 @@
 # training CSV itself, so that column measures fit; novel-query, novel-document and zero-shot measure
 # generalisation.
 #
-# By default this chapter reads the book's runs (zero-shot, CLIP baseline, GCL). Give `checkpoint` to
-# evaluate any checkpoint instead (open_clip format, or a released GCL `*-states.pt` with `model`).
+# By default this chapter reads the runs of the experiments file's `main` table (zero-shot, CLIP baseline,
+# GCL) from `runs_dir`, training any that are missing there first. Give `checkpoint` to evaluate any
+# checkpoint instead (open_clip format, or a released GCL `*-states.pt` with `model`).
 
 # %% tags=["parameters"]
-data_dir = "../../data/synth-small-seed0"
-image_root = "../../data/synth-small-seed0/images"
+data_dir = ""          # the dataset folder; "" -> the embedded synthetic shop (generated on first use)
+image_root = ""        # "" -> <data_dir>/images
 model = "default"
-pretrained = ""
-checkpoint = ""                  # evaluate this checkpoint of `model` instead of the runs below
-runs_dir = "runs"
-runs = ["zero-shot", "clip-baseline", "gcl-linear"]
+pretrained = ""        # weights for runs trained here (see chapter 3)
+checkpoint = ""        # evaluate this checkpoint of `model` instead of the table's runs
+runs_dir = ""          # "" -> build/runs
+experiments_file = ""  # "" -> book/experiments.yaml
+table = "main"         # the table of the experiments file whose runs are compared
 rhs_fields = "image_local=0.9,title=0.1"
 example_split = "query_1_product_id_1"
 
 # %%
-from pathlib import Path
-
 import pandas as pd
 
-from gclcore import report
+from gclcore import experiments, paths, report
 from gclcore.evaluate import evaluate, parse_fields
+from gclcore.models import load_encoder, resolve_pretrained
+from gclcore.train import train
 
+spec = experiments.load(paths.resolve_book_file(experiments_file, "experiments.yaml"))
+runs_dir = paths.resolve_runs_dir(runs_dir)
+data_dir = paths.resolve_data_dir(data_dir)
+image_root = paths.resolve_image_root(image_root, data_dir)
 if checkpoint:
-    from gclcore.models import load_encoder
-
-    encoder = load_encoder(model, checkpoint)
-    name = Path(checkpoint).stem
-    evaluate(encoder, data_dir, Path(runs_dir) / name / "test", "all", image_root=image_root or None,
+    checkpoint = paths.absolute(checkpoint)
+    encoder = load_encoder(model, str(checkpoint))
+    evaluate(encoder, data_dir, runs_dir / checkpoint.stem / "test", "all", image_root=image_root,
              rhs_fields=parse_fields(rhs_fields))
-    runs = [name]
+    runs = [checkpoint.stem]
+else:
+    runs = spec["tables"][table]
+    missing = [name for name in runs if not (runs_dir / name / "test" / "results.csv").exists()]
+    if missing:  # `make book` trains every run beforehand; by hand, the missing ones are trained here
+        data = {"data_dir": data_dir, "image_root": image_root, "model": model,
+                "pretrained": resolve_pretrained(model, pretrained)}
+        for name in missing:
+            print(f"run {name!r} is not in {runs_dir}: training it", flush=True)
+            train(experiments.run_config(spec, name, runs_dir, data))
 long = report.results(runs_dir, runs)
 report.paper_table(long).round(4)
 

@@ -1,5 +1,6 @@
 """The embedded default model loads offline and sees real images; checkpoints load in every format."""
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,4 +89,89 @@ def test_any_open_clip_architecture_with_local_weights(tmp_path):
     net = open_clip.create_model("RN50", pretrained=None)
     torch.save(net.state_dict(), tmp_path / "rn50.pt")
     encoder = models.load_encoder("RN50", str(tmp_path / "rn50.pt"), device="cpu")
+    assert encoder.encode_text(["a query"]).shape == (1, 1024)
+
+
+def fake_hub_cache(cache: Path, repo_id: str, filename: str) -> Path:
+    """A Hugging Face hub cache holding one file of ``repo_id`` (the layout try_to_load_from_cache reads)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / filename).write_bytes(b"weights")
+    return snapshot / filename
+
+
+@pytest.mark.parametrize("name, tag", [("ViT-B-32", "laion2b_s34b_b79k"), ("ViT-L-14", "laion2b_s32b_b82k"),
+                                       ("ViT-H-14", "laion2b_s32b_b79k"), ("RN50", "openai"),
+                                       ("ViT-B-16-SigLIP", "webli")])
+def test_standard_tag_rule(name, tag):
+    assert models.standard_pretrained_tag(name) == tag
+
+
+@pytest.mark.parametrize("pretrained", [None, ""])
+def test_open_clip_model_without_pretrained_needs_cached_standard_weights(tmp_path, monkeypatch, pretrained):
+    import open_clip
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("the model was built before the weights were found missing")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", must_not_build)
+    monkeypatch.setattr(socket.socket, "connect", must_not_build)  # an implicit default never downloads
+    with pytest.raises(models.PretrainedUnavailable) as err:
+        models.load_encoder("ViT-B-32", pretrained, device="cpu", cache_dir=str(tmp_path))
+    message = str(err.value)
+    assert "'ViT-B-32'" in message and "laion2b_s34b_b79k" in message
+    assert "-p pretrained /path/to/weights.bin" in message and "pretrained=none" in message
+
+
+def test_cached_standard_weights_are_found(tmp_path):
+    path = fake_hub_cache(tmp_path, "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "open_clip_model.safetensors")
+    assert models.cached_weights("ViT-B-32", "laion2b_s34b_b79k", str(tmp_path)) == str(path)
+    assert models.resolve_pretrained("ViT-B-32", "", str(tmp_path)) == "laion2b_s34b_b79k"
+    assert models.cached_weights("ViT-B-32", "openai", str(tmp_path)) is None
+
+
+def test_explicit_tag_offline_fails_before_any_download(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: True)
+    with pytest.raises(models.PretrainedUnavailable, match="HF_HUB_OFFLINE"):
+        models.resolve_pretrained("ViT-B-32", "openai", str(tmp_path))
+
+
+@pytest.mark.parametrize("model, value, message", [
+    ("ViT-B-32", "/no/such/weights.bin", "neither a file nor an open_clip tag"),
+    ("ViT-B-32", "laion9000", "neither a file nor an open_clip tag"),
+    ("default", "/no/such/checkpoint.pt", "is not a file"),
+])
+def test_bad_pretrained_values_name_the_value(model, value, message):
+    with pytest.raises(models.PretrainedUnavailable, match=message) as err:
+        models.resolve_pretrained(model, value)
+    assert value in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["none", "None", "NONE"])
+def test_random_init_only_when_asked_for(value):
+    assert models.resolve_pretrained("ViT-B-32", value) == models.RANDOM_INIT
+    assert models.resolve_pretrained("default", value) == models.RANDOM_INIT
+
+
+def test_default_model_random_init(default_encoder):
+    encoder = models.load_encoder("default", "none", device="cpu")
+    trunk = encoder.model.visual.trunk.state_dict()
+    mapped = models.lite0_state_dict()
+    assert not all(torch.equal(trunk[k], mapped[k]) for k in trunk)
+    assert encoder.pretrained == models.RANDOM_INIT
+    assert models.resolve_pretrained("default", "") == "" and default_encoder.pretrained is None
+
+
+def test_open_clip_random_init_needs_no_weights(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    encoder = models.load_encoder("RN50", "None", device="cpu")
+    assert encoder.pretrained == models.RANDOM_INIT
     assert encoder.encode_text(["a query"]).shape == (1, 1024)
