@@ -20,6 +20,7 @@ One concern per module:
 - ``checkpoint``  train state, saves and exact resume;  ``runlog``  the run's log
 - ``train``       the trainer;  ``experiments``  the book's runs
 - ``distributed`` torchrun data parallelism (rank shards, cross-rank gather, gradient averaging)
+- ``paths``       the notebooks' defaults: absolute paths in the repository, whatever the cwd
 - ``explore``, ``report``  the book's tables and figures;  ``notebooks``  the notebook-pair check
 """
 

@@ -6,7 +6,7 @@ An experiments file (``book/experiments.yaml``) holds::
     runs: {name: {overrides}}                 e.g. clip-baseline: {stw: constant}
     tables: {table name: [run names]}         e.g. stw: [clip-baseline, gcl-linear, stw-reciprocal]
 
-Command line (the Makefile calls ``run`` once per run, so unchanged runs are not redone)::
+Command line (the Makefile takes its run list from ``list`` and trains every run in one ``run`` call)::
 
     python -m gclcore.experiments list book/experiments.yaml
     python -m gclcore.experiments run book/experiments.yaml NAME [NAME ...] --out build/main/runs [--set key=value ...]
@@ -47,6 +47,19 @@ def run_config(spec: dict, name: str, out: str | Path, overrides: dict | None = 
     values = {**spec["base"], **(overrides or {}), **(spec["runs"][name] or {})}
     values["output_dir"] = str(Path(out) / name)
     return TrainConfig.from_dict(values)
+
+
+def ensure_runs(spec: dict, names: list[str], runs_dir: str | Path, overrides: dict | None = None) -> list[str]:
+    """Train (and test) every run of ``names`` that has no ``<runs_dir>/<name>/test/results.csv`` yet;
+    returns the names it trained. ``make book`` trains all runs beforehand; a chapter run by hand
+    (JupyterLab, papermill) trains what it is missing, saying so."""
+    from gclcore.train import train
+
+    missing = [name for name in names if not (Path(runs_dir) / name / "test" / "results.csv").exists()]
+    for name in missing:
+        print(f"run {name!r} is not in {runs_dir}: training it", flush=True)
+        train(run_config(spec, name, runs_dir, overrides))
+    return missing
 
 
 def main(argv: list[str] | None = None) -> int:

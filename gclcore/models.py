@@ -29,8 +29,10 @@ configuration (query -> title) simply uses no image field.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -323,8 +325,9 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     if name == DEFAULT_MODEL:
         norm = _register_default_config(name)
         open_clip_kwargs = {"image_mean": norm.get("mean"), "image_std": norm.get("std"), **open_clip_kwargs}
-        net, preprocess_train, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=None, pretrained_text=not random_init, **open_clip_kwargs)
+        with _expected_messages_silenced():
+            net, preprocess_train, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=None, pretrained_text=not random_init, **open_clip_kwargs)
         if not random_init:
             net.visual.trunk.load_state_dict(
                 {k: v for k, v in lite0_state_dict().items() if not k.startswith("classifier.")})
@@ -339,6 +342,37 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
         net.visual.to(memory_format=torch.channels_last)
     return Encoder(net, open_clip.get_tokenizer(name), preprocess_train, preprocess, name, pretrained or None,
                    device)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
+@contextlib.contextmanager
+def _expected_messages_silenced():
+    """Building the default model prints three messages that are expected and say nothing: transformers'
+    weight-loading bar and its load report (MiniLM's unused pooler weights), and open_clip's "initialized
+    partially" (the image trunk is loaded right after). Silenced for that build only; warnings and errors
+    of any other kind still show."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    partial = _DropMessages("initialized partially")
+    logging.getLogger().addFilter(partial)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(partial)
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> None:

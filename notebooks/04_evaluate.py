@@ -42,11 +42,12 @@ example_split = "query_1_product_id_1"
 
 # %%
 import pandas as pd
+from IPython.display import display
 
 from gclcore import experiments, paths, report
-from gclcore.evaluate import evaluate, parse_fields
+from gclcore.evaluate import evaluate
+from gclcore.fusion import parse_fields
 from gclcore.models import load_encoder, resolve_pretrained
-from gclcore.train import train
 
 spec = experiments.load(paths.resolve_book_file(experiments_file, "experiments.yaml"))
 runs_dir = paths.resolve_runs_dir(runs_dir)
@@ -60,13 +61,8 @@ if checkpoint:
     runs = [checkpoint.stem]
 else:
     runs = spec["tables"][table]
-    missing = [name for name in runs if not (runs_dir / name / "test" / "results.csv").exists()]
-    if missing:  # `make book` trains every run beforehand; by hand, the missing ones are trained here
-        data = {"data_dir": data_dir, "image_root": image_root, "model": model,
-                "pretrained": resolve_pretrained(model, pretrained)}
-        for name in missing:
-            print(f"run {name!r} is not in {runs_dir}: training it", flush=True)
-            train(experiments.run_config(spec, name, runs_dir, data))
+    experiments.ensure_runs(spec, runs, runs_dir, {"data_dir": data_dir, "image_root": image_root, "model": model,
+                                                   "pretrained": resolve_pretrained(model, pretrained)})
 long = report.results(runs_dir, runs)
 report.paper_table(long).round(4)
 
@@ -74,7 +70,8 @@ report.paper_table(long).round(4)
 # ## Every metric
 
 # %%
-columns = ["run", "name", "NDCG@10", "mERR", "mRBP7", "mRBP8", "mRBP9"] + [c for c in long.columns if c.startswith(("mAP", "mrr"))]
+columns = ["run", "name", "NDCG@10", "mERR", "mRBP7", "mRBP8", "mRBP9"]
+columns += [c for c in long.columns if c.startswith(("mAP", "mrr"))]
 long[columns].round(4)
 
 # %% [markdown]

@@ -43,20 +43,16 @@ from IPython.display import Markdown, display
 
 from gclcore import experiments, paths, report
 from gclcore.models import resolve_pretrained
-from gclcore.train import train
 
 spec = experiments.load(paths.resolve_book_file(experiments_file, "experiments.yaml"))
 expected = yaml.safe_load(paths.resolve_book_file(expected_file, "expected.yaml").read_text())
 runs_dir = paths.resolve_runs_dir(runs_dir)
 every_run = list(dict.fromkeys(name for names in spec["tables"].values() for name in names))
-missing = [name for name in every_run if not (runs_dir / name / "test" / "results.csv").exists()]
-if missing:  # `make book` trains every run beforehand; by hand, the missing ones are trained here
-    data_dir = paths.resolve_data_dir(data_dir)
-    data = {"data_dir": data_dir, "image_root": paths.resolve_image_root(image_root, data_dir), "model": model,
-            "pretrained": resolve_pretrained(model, pretrained)}
-    for name in missing:
-        print(f"run {name!r} is not in {runs_dir}: training it", flush=True)
-        train(experiments.run_config(spec, name, runs_dir, data))
+if any(not (runs_dir / name / "test" / "results.csv").exists() for name in every_run):
+    data_dir = paths.resolve_data_dir(data_dir)  # only resolved (generated) when a run must be trained
+    experiments.ensure_runs(spec, every_run, runs_dir, {
+        "data_dir": data_dir, "image_root": paths.resolve_image_root(image_root, data_dir), "model": model,
+        "pretrained": resolve_pretrained(model, pretrained)})
 published = pd.DataFrame(expected["published"]["in_domain_multimodal"]).set_index("method")
 display(Markdown(f"**Published** ({expected['published']['source']}): in-domain, GSFull-10M, RBP's p unpublished."))
 published

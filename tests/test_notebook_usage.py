@@ -44,7 +44,8 @@ def elsewhere(tmp_path) -> Path:
 def tiny_experiments(tmp_path_factory) -> Path:
     """book/experiments.yaml's base with a tiny budget, the main runs, and every table chapter 5 reads."""
     book = experiments.load(REPO / "book" / "experiments.yaml")
-    spec = {"base": {**book["base"], **TINY_BUDGET},
+    features = tmp_path_factory.mktemp("features")  # the shared tiny shop stays read-only
+    spec = {"base": {**book["base"], **TINY_BUDGET, "feature_cache_dir": str(features)},
             "runs": {name: book["runs"][name] for name in MAIN_RUNS},
             "tables": {"main": MAIN_RUNS, "stw": ["clip-baseline", "gcl-linear"], "fields": ["gcl-linear"],
                        "duplicates": ["gcl-linear"]}}
