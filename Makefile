@@ -67,7 +67,7 @@ RUN_SETS    = --set data_dir=$(NB_VALUE_data_dir) --set image_root=$(NB_VALUE_im
 # this checkout's gclcore, whatever else is installed (e.g. an editable install of another worktree)
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup test book book-quick lab clean sync-notebooks check-notebooks
+.PHONY: setup test book book-quick lab clean sync-notebooks check-notebooks lint
 
 setup: $(STAMP)
 
@@ -78,7 +78,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[book,test]'
 	@touch $@
 
-test: setup check-notebooks
+test: setup check-notebooks lint
 	@$(PY) -m pytest -q -x tests || { rc=$$?; [ $$rc -eq 5 ] && echo "pytest collected no tests" >&2; exit $$rc; }
 	$(MAKE) book-quick
 
@@ -89,7 +89,7 @@ book-quick:
 	$(MAKE) book PRESET=tiny BOOK_NAME=quick HTML_DIR=build/quick RUN_OVERRIDES="batch_size=32 epochs=3"
 
 # The embedded default data: generated, never downloaded.
-$(SYNTH_DIR)/.done: gclcore/synth.py gclcore/splits.py gclcore/data.py | setup
+$(SYNTH_DIR)/.done: gclcore/synth.py gclcore/splits.py $(wildcard gclcore/data/*.py) | setup
 	$(PY) -m gclcore.synth $(SYNTH_DIR) --preset $(PRESET) --seed $(SEED)
 	@touch $@
 
@@ -128,6 +128,10 @@ lab: setup
 sync-notebooks: setup
 	$(VENV)/bin/jupytext --sync notebooks/*.py
 	$(VENV)/bin/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
+
+# ruff's rules and exceptions are in pyproject.toml
+lint: setup
+	$(PY) -m ruff check .
 
 check-notebooks: setup
 	$(PY) -m gclcore.notebooks check notebooks
