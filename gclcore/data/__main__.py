@@ -1,0 +1,5 @@
+import sys
+
+from gclcore.data.cli import main
+
+sys.exit(main())

@@ -1,0 +1,26 @@
+"""The one error type of the data layer: it names the file, row, column and the fix."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+class DataFormatError(ValueError):
+    """Input that does not follow the expected format; names the file, row and column at fault.
+
+    ``row`` is the 1-based data row (header excluded); for JSON files it is the entry's key.
+    """
+
+    def __init__(self, path: str | os.PathLike, message: str, *, row: Any = None, column: str | None = None,
+                 fix: str | None = None):
+        self.path, self.row, self.column, self.fix = str(path), row, column, fix
+        where = [self.path]
+        if row is not None:
+            where.append(f"row {row}")
+        if column is not None:
+            where.append(f"column {column!r}")
+        text = f"{': '.join([', '.join(where), message])}"
+        if fix:
+            text += f"\n  fix: {fix}"
+        super().__init__(text)

@@ -1,0 +1,129 @@
+"""Images: the publisher's stored paths resolved by basename under a user-given root, one load status, one placeholder.
+
+Stored image paths are the publisher's absolute paths (``/MarqoData/...``); they are never opened as
+such. :class:`ImageResolver` maps them to ``image_root / basename``. Loading never raises for a bad file:
+it returns the grey :func:`placeholder` and an :class:`ImageStatus` (safe in DataLoader workers, which
+cannot update counters); :meth:`ImageResolver.record` counts the problem in the main process and applies
+the policy (raise, or keep the placeholder); :meth:`ImageResolver.warn_placeholders` tells the user how
+many were substituted. Evaluation, training and exploration all go through these, so nothing is
+skipped silently.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import os
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from gclcore.data.errors import DataFormatError
+
+
+def image_basename(stored_path: str) -> str:
+    """File name of a stored (publisher, POSIX or Windows) image path: the text after the last separator."""
+    return PurePosixPath(str(stored_path).replace("\\", "/")).name
+
+
+class ImageStatus(enum.IntEnum):
+    """What loading one stored image path gave (an int, so DataLoader workers can return it in a tensor)."""
+
+    OK = 0
+    MISSING = 1          # no file under the image root, or no stored path at all (a missing value)
+    UNREADABLE = 2       # the file exists but does not decode as an image
+
+
+PLACEHOLDER_GREY = (128, 128, 128)
+
+
+def placeholder(size: int = 224):
+    """The grey RGB image that stands in for a missing or unreadable one."""
+    from PIL import Image
+
+    return Image.new("RGB", (size, size), PLACEHOLDER_GREY)
+
+
+class ImageResolver:
+    """Resolves publisher image paths by basename under a user-given image root; never opens the stored path.
+
+    ``missing``: what :meth:`record` (and so :meth:`open`) does with an absent or undecodable image --
+    ``"error"`` raises, ``"placeholder"`` keeps the grey :func:`placeholder`. Either way
+    :attr:`missing_count` and :attr:`unreadable_count` count them, so nothing is skipped silently.
+    """
+
+    def __init__(self, image_root: str | os.PathLike, missing: Literal["error", "placeholder"] = "error",
+                 placeholder_size: int = 224):
+        self.root = Path(image_root)
+        if not self.root.is_dir():
+            raise DataFormatError(self.root, "image root is not a directory",
+                                  fix="pass the folder the image archive was unpacked to")
+        self.missing = missing
+        self.placeholder_size = placeholder_size
+        self.missing_count = 0
+        self.unreadable_count = 0
+
+    def resolve(self, stored_path: str) -> Path:
+        """``image_root / basename(stored_path)``."""
+        return self.root / image_basename(stored_path)
+
+    def load(self, stored_path) -> tuple:
+        """``(RGB image, status)``: the decoded image (by content, not extension) and OK, or the placeholder
+        and MISSING / UNREADABLE (a stored value that is not a string, e.g. NaN, is MISSING).
+
+        Counts nothing and never raises: safe in worker processes; pass the status to :meth:`record`.
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        if isinstance(stored_path, str):
+            try:
+                with Image.open(self.resolve(stored_path)) as img:
+                    return img.convert("RGB"), ImageStatus.OK
+            except FileNotFoundError:
+                status = ImageStatus.MISSING
+            except (UnidentifiedImageError, OSError):
+                status = ImageStatus.UNREADABLE
+        else:
+            status = ImageStatus.MISSING
+        return placeholder(self.placeholder_size), status
+
+    def record(self, stored_path, status: ImageStatus | int) -> None:
+        """Count a non-OK status from :meth:`load` and apply the policy (raise if ``missing="error"``)."""
+        status = ImageStatus(int(status))
+        if status is ImageStatus.OK:
+            return
+        if status is ImageStatus.MISSING:
+            self.missing_count += 1
+        else:
+            self.unreadable_count += 1
+        if self.missing == "error":
+            shown = stored_path if isinstance(stored_path, str) else ""
+            raise DataFormatError(self.resolve(shown), f"image {status.name.lower()} (stored path {stored_path!r})",
+                                  fix="check --image-root, or use missing='placeholder' to substitute and count")
+
+    def record_batch(self, stored_paths, statuses) -> None:
+        """:meth:`record` for a batch: ``statuses`` (a tensor or sequence) aligned with ``stored_paths``."""
+        for stored, status in zip(stored_paths, [int(s) for s in statuses]):
+            if status != ImageStatus.OK:
+                self.record(stored, status)
+
+    def open(self, stored_path):
+        """Decode the image as RGB; a missing or undecodable file is counted, then raises or gives the
+        placeholder according to the policy."""
+        image, status = self.load(stored_path)
+        self.record(stored_path, status)
+        return image
+
+    def warn_placeholders(self, what: str = "used") -> None:
+        """Print one warning to stderr if any image was substituted (e.g. ``what="embedded"``)."""
+        if self.missing_count or self.unreadable_count:
+            print(f"warning: {self.missing_count} missing and {self.unreadable_count} unreadable images under "
+                  f"{self.root} were {what} as grey placeholders", file=sys.stderr)
+
+
+def decode_image_bytes(data: bytes):
+    """Decode encoded image bytes (parquet ``image.bytes``) to an RGB PIL image."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
