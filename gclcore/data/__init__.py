@@ -28,14 +28,33 @@ and images, each file read once per process. One module per concern: :mod:`~gclc
 """
 
 from gclcore.data.cli import main
-from gclcore.data.csv_reader import (FLOAT_COLUMNS, ID_COLUMNS, INT_COLUMNS, PANDAS_NA_STRINGS, REQUIRED_COLUMNS, CsvReadReport, read_split_csv)
+from gclcore.data.csv_reader import (
+                                 FLOAT_COLUMNS,
+                                 ID_COLUMNS,
+                                 INT_COLUMNS,
+                                 PANDAS_NA_STRINGS,
+                                 REQUIRED_COLUMNS,
+                                 CsvReadReport,
+                                 read_split_csv,
+)
 from gclcore.data.dataset import Dataset, open_dataset, split_stems
 from gclcore.data.errors import DataFormatError
 from gclcore.data.files import atomic_write, write_csv
 from gclcore.data.images import ImageResolver, ImageStatus, decode_image_bytes, image_basename, placeholder
 from gclcore.data.json_files import Companion, describe_json, read_companion, read_corpus
-from gclcore.data.layout import (COMPANION_SUFFIXES, CORPUS_FILES, CSV_COLUMNS, SPLIT_CORPUS, SPLIT_NAMES, SPLIT_STEMS,
-                                 SplitFiles, canonical_stem, split_files, split_halves, split_stem)
+from gclcore.data.layout import (
+                                 COMPANION_SUFFIXES,
+                                 CORPUS_FILES,
+                                 CSV_COLUMNS,
+                                 SPLIT_CORPUS,
+                                 SPLIT_NAMES,
+                                 SPLIT_STEMS,
+                                 SplitFiles,
+                                 canonical_stem,
+                                 split_files,
+                                 split_halves,
+                                 split_stem,
+)
 from gclcore.data.parquet import ParquetSplit, parquet_split_files, write_parquet_split
 from gclcore.data.remap import remap_corpus_images, remap_csv_images, remap_images
 from gclcore.data.validation import Finding, ValidationReport, validate

@@ -20,10 +20,9 @@ from gclcore.data.remap import remap_images
 from gclcore.data.validation import validate
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gclcore.data", description="Validate, remap or convert a Marqo-GS dataset directory.")
+    parser = argparse.ArgumentParser(prog="python -m gclcore.data",
+                                     description="Validate, remap or convert a Marqo-GS dataset directory.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_val = sub.add_parser("validate", help="check a dataset directory; exits 1 on errors")
     p_val.add_argument("data_dir")

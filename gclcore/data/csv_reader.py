@@ -22,8 +22,6 @@ import pyarrow.csv as pacsv
 
 from gclcore.data.errors import DataFormatError
 
-
-
 ID_COLUMNS = ("product_id", "query_id", "pair_id")
 INT_COLUMNS = ("position", "score_linear", "no_score")
 FLOAT_COLUMNS = ("score_reciprocal",)

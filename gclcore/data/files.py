@@ -9,8 +9,6 @@ from pathlib import Path
 import pandas as pd
 
 
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

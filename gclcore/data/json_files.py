@@ -16,8 +16,6 @@ import pandas as pd
 from gclcore.data.errors import DataFormatError
 
 
-
-
 def read_corpus(path: str | os.PathLike) -> pd.DataFrame:
     """Read ``corpus_{1,2}.json``: ``{product_id: {"image_local": ..., "title": ..., ...}}``.
 

@@ -20,8 +20,6 @@ from gclcore.data.images import ImageResolver, decode_image_bytes
 from gclcore.data.layout import SPLIT_NAMES
 
 
-
-
 def parquet_split_files(root: str | os.PathLike, split: str) -> list[Path]:
     """Shards of one split in a Hugging Face download: ``data/<split>-*.parquet``, ``<split>/*.parquet``
     or ``default/<split>/*.parquet``. ``split`` is a HF split name or a CSV stem. Hyphenated folder

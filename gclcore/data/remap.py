@@ -17,8 +17,6 @@ from gclcore.data.images import image_basename
 from gclcore.data.json_files import describe_json, load_json
 
 
-
-
 def remap_csv_images(path: str | os.PathLike, image_dir: str | os.PathLike) -> int:
     """Rewrite ``image_local`` of one CSV to ``image_dir/basename`` atomically; returns rows rewritten.
 

@@ -15,14 +15,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from gclcore.data.csv_reader import (FLOAT_COLUMNS, INT_COLUMNS, REQUIRED_COLUMNS, CsvReadReport, csv_header,
-                                     read_split_csv, to_text)
+from gclcore.data.csv_reader import (
+    FLOAT_COLUMNS,
+    INT_COLUMNS,
+    REQUIRED_COLUMNS,
+    CsvReadReport,
+    csv_header,
+    read_split_csv,
+    to_text,
+)
 from gclcore.data.errors import DataFormatError
 from gclcore.data.images import image_basename
 from gclcore.data.json_files import read_companion, read_corpus
 from gclcore.data.layout import COMPANION_SUFFIXES, SPLIT_CORPUS, SPLIT_STEMS
-
-
 
 
 @dataclass
