@@ -146,7 +146,8 @@ def coerce_overrides(values: dict[str, Any]) -> dict[str, Any]:
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["batch_size=64", "stw=log"]`` -> ``{"batch_size": 64, "stw": "log"}``, checked and typed.
 
-    An item without ``=`` raises. ``key=`` gives the empty string (for str fields: "use the default").
+    An item without ``=`` raises. ``key=`` gives the empty string: a valid value only for str fields, where
+    it means what that field documents for ``""`` (e.g. ``eval_split=`` turns evaluation off).
     """
     raw = {}
     for item in items:

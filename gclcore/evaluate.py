@@ -133,6 +133,7 @@ def embed_items(encoder: TextImageEncoder, table: pd.DataFrame, fields: tuple[Fi
         if f.is_image:
             if resolver is None:
                 raise ValueError(f"field {f.name!r} is an image field: pass an image root")
+            # a missing value becomes "", which the resolver loads as MISSING (the placeholder)
             embeddings[f.name] = encoder.encode_image_files(values.fillna("").astype(str).tolist(), resolver)
         else:
             embeddings[f.name] = encoder.encode_text(values.astype(object).map(str).tolist())
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         table = evaluate(encoder, args.data_dir, args.output_dir, args.split, image_root=args.image_root,
                          lhs_fields=lhs, rhs_fields=rhs, weight_key=args.weight_key, top_q=args.top_q,
                          top_k=args.top_k, query_set=args.query_set, cache_dir=args.cache_dir)
-    except (DataFormatError, ValueError) as err:
+    except (DataFormatError, ValueError, FileNotFoundError) as err:  # PretrainedUnavailable is a FileNotFoundError
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(table.to_string(index=False))

@@ -36,7 +36,8 @@ def load_rows(data_dir: str | os.PathLike, columns: list[str] | None = None) -> 
 def overview(rows: pd.DataFrame, data_dir: str | os.PathLike) -> pd.DataFrame:
     """Per split: rows, queries, products, results per query (mean / max), missing titles, corpus size."""
     dataset = open_dataset(data_dir)
-    corpus_sizes = {SPLIT_CORPUS[stem]: len(dataset.corpus(stem)) for stem in dataset.splits}
+    corpus_sizes = {SPLIT_CORPUS[stem]: len(dataset.corpus(stem)) for stem in dataset.splits
+                    if (dataset.root / SPLIT_CORPUS[stem]).exists()}  # an absent corpus shows as NaN
     table = []
     for stem in SPLIT_STEMS:
         part = rows[rows["split"] == SPLIT_NAMES[stem]]

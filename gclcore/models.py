@@ -127,6 +127,8 @@ def resolve_pretrained(model: str, pretrained: str | None, cache_dir: str | None
             raise PretrainedUnavailable(f"model {model!r}: pretrained={value!r} is not a file; it takes a "
                                         f"checkpoint file, '' (its packaged pretrained towers) or 'none'")
         return ""
+    if model.startswith(("hf-hub:", "local-dir:")):
+        return value  # the weights come with the model name itself (open_clip loads them)
     tag = value or standard_pretrained_tag(model)
     if not is_pretrained_cfg(model, tag):
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
@@ -357,8 +359,8 @@ class _DropMessages(logging.Filter):
 def _expected_messages_silenced():
     """Building the default model prints three messages that are expected and say nothing: transformers'
     weight-loading bar and its load report (MiniLM's unused pooler weights), and open_clip's "initialized
-    partially" (the image trunk is loaded right after). Silenced for that build only; warnings and errors
-    of any other kind still show."""
+    partially" (the image trunk is loaded right after). Silenced for that build only: transformers shows
+    errors only while it runs; open_clip's other messages still show."""
     from transformers.utils import logging as hf_logging
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()

@@ -138,6 +138,9 @@ def plot_ranking_examples(data_dir: str | os.PathLike, image_root: str | os.Path
     dataset = open_dataset(data_dir, image_root)
     corpus = dataset.corpus(split).set_index("product_id")
     resolver = dataset.image_resolver()
+    if resolver is None:
+        raise FileNotFoundError(f"no image root for {dataset.root}: pass image_root (the folder the images were "
+                                f"unpacked to) to show the ranked products")
     fig, axes = plt.subplots(len(names), n, figsize=(2.1 * n, 2.6 * len(names)), squeeze=False)
     for r, name in enumerate(names):
         for c, pid in enumerate(list(runs[name])[:n]):

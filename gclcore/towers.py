@@ -56,8 +56,11 @@ class HeadTowers:
         text_fields = sorted({"query", "title"} | {f.name for f in fields if not f.is_image})
         image_fields = sorted({"image_local"} | {f.name for f in fields if f.is_image})
         texts, images = dataset_inputs(dataset, text_fields, image_fields)
-        cache = FeatureCache.build(encoder, texts, images, dataset.image_resolver(), cache_dir, progress=progress,
+        resolver = dataset.image_resolver()
+        cache = FeatureCache.build(encoder, texts, images, resolver, cache_dir, progress=progress,
                                    workers=None if workers < 0 else workers)
+        if resolver is not None:
+            resolver.warn_placeholders("cached")
         self.model, self.fields = encoder.model, fields
         self.eval_encoder = HeadEncoder(encoder.model, cache, encoder.device)
         self.row_index = {}
@@ -138,6 +141,8 @@ class FullTowers:
                     stored = [self.dataset.rows[f.name][i] for i in batch["index"].tolist()]
                     self.resolver.record_batch(stored, batch[f"{f.name}/status"])
             yield batch
+        if self.resolver is not None:
+            self.resolver.warn_placeholders("trained on")
 
     def indices(self, batch: dict) -> np.ndarray:
         return batch["index"].numpy()

@@ -150,16 +150,16 @@ def test_image_resolver_uses_basename_only(quirks):
 
 def test_image_load_statuses_are_counted_once_in_the_main_process(quirks, capsys):
     resolver = data.ImageResolver(quirks / "images", missing="placeholder", placeholder_size=4)
-    stored = ["/x/none.webp", "/x/broken.webp", float("nan")]
+    stored = ["/x/none.webp", "/x/broken.webp", float("nan"), ""]
     loaded = [resolver.load(p) for p in stored]  # what a DataLoader worker does: nothing counted yet
     assert [status for _, status in loaded] == [data.ImageStatus.MISSING, data.ImageStatus.UNREADABLE,
-                                                data.ImageStatus.MISSING]
+                                                data.ImageStatus.MISSING, data.ImageStatus.MISSING]
     assert all(image.getpixel((0, 0)) == data.placeholder(4).getpixel((0, 0)) for image, _ in loaded)
     assert (resolver.missing_count, resolver.unreadable_count) == (0, 0)
     resolver.record_batch(stored, torch.tensor([int(s) for _, s in loaded]))
-    assert (resolver.missing_count, resolver.unreadable_count) == (2, 1)
+    assert (resolver.missing_count, resolver.unreadable_count) == (3, 1)
     resolver.warn_placeholders("embedded")
-    assert "2 missing and 1 unreadable images" in capsys.readouterr().err
+    assert "3 missing and 1 unreadable images" in capsys.readouterr().err
     strict = data.ImageResolver(quirks / "images")
     with pytest.raises(DataFormatError, match="broken.webp.*image unreadable"):
         strict.record_batch(stored[1:2], [data.ImageStatus.UNREADABLE])

@@ -175,3 +175,10 @@ def test_open_clip_random_init_needs_no_weights(monkeypatch):
     encoder = models.load_encoder("RN50", "None", device="cpu")
     assert encoder.pretrained == models.RANDOM_INIT
     assert encoder.encode_text(["a query"]).shape == (1, 1024)
+
+
+def test_models_that_carry_their_weights_skip_the_tag_rule():
+    from gclcore.models import resolve_pretrained
+
+    assert resolve_pretrained("hf-hub:Marqo/some-model", "") == ""
+    assert resolve_pretrained("local-dir:/models/exported", None) == ""

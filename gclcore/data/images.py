@@ -75,7 +75,7 @@ class ImageResolver:
         """
         from PIL import Image, UnidentifiedImageError
 
-        if isinstance(stored_path, str):
+        if isinstance(stored_path, str) and stored_path:
             try:
                 with Image.open(self.resolve(stored_path)) as img:
                     return img.convert("RGB"), ImageStatus.OK
@@ -83,7 +83,7 @@ class ImageResolver:
                 status = ImageStatus.MISSING
             except (UnidentifiedImageError, OSError):
                 status = ImageStatus.UNREADABLE
-        else:
+        else:  # no stored path at all (NaN, None, "")
             status = ImageStatus.MISSING
         return placeholder(self.placeholder_size), status
 
