@@ -9,7 +9,7 @@ editable install or a checkout on ``PYTHONPATH``):
 ``""`` for              means
 ======================  =====================================================================
 ``data_dir``            ``<repo>/data/synth-small-seed0``, generated on first use
-``image_root``          ``<data_dir>/images``
+``image_root``          ``<data_dir>/images`` if it exists, else none (as Dataset)
 ``runs_dir``            ``<repo>/build/runs`` (``make book`` keeps its own, ``build/<book>/runs``)
 ``experiments_file``    ``<repo>/book/experiments.yaml``
 ``expected_file``       ``<repo>/book/expected.yaml``
@@ -106,9 +106,13 @@ def resolve_data_dir(data_dir: str | os.PathLike = "") -> Path:
     return path
 
 
-def resolve_image_root(image_root: str | os.PathLike, data_dir: Path) -> Path:
-    """The image folder for an ``image_root`` parameter: ``""`` -> ``<data_dir>/images``, else absolute."""
-    return absolute(image_root) if str(image_root) else data_dir / "images"
+def resolve_image_root(image_root: str | os.PathLike, data_dir: Path) -> Path | None:
+    """The image folder for an ``image_root`` parameter: ``""`` -> the dataset's own default
+    (:class:`gclcore.data.Dataset`: ``<data_dir>/images`` when it exists, else None for no images),
+    else ``image_root`` made absolute."""
+    from gclcore.data import open_dataset
+
+    return absolute(image_root) if str(image_root) else open_dataset(data_dir).image_root
 
 
 def resolve_runs_dir(runs_dir: str | os.PathLike = "") -> Path:
