@@ -230,16 +230,18 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     id_rank = np.empty(len(doc_ids), dtype=np.int64)
     id_rank[np.argsort(doc_ids, kind="stable")] = np.arange(len(doc_ids))
     ranked = metrics.ranked_grades_from_topk(index, scores, judged_query, judged_doc, judged_grade, id_rank, sampled)
-    ks = ks or tuple(sorted({k for k in metrics.DEFAULT_KS if k <= top_k} | {10, top_k}))
+    ks = ks or metrics.published_ks(top_k)
     means = metrics.mean_metrics(ranked, ks)
     summary = metrics.summary_row(means, ks)
     per_query = metrics.per_query_frame(ranked, ks)
     timings["metrics_s"] = time.perf_counter() - t3
-    _write_json(out / "output.json", {"metrics": means, "summary": summary, "split": files.stem,
-                                      "queries": len(sampled), "corpus": files.corpus.name,
-                                      "lhs_fields": format_fields(lhs_fields), "rhs_fields": format_fields(rhs_fields),
-                                      "query_set": query_set, "model_checksum": encoder.checksum(),
-                                      "timings_s": {k: round(v, 3) for k, v in timings.items()}})
+    # the published output.json (its aggregation script reads every top-level entry as a dict of
+    # metrics), with this evaluation's provenance as one more such dict
+    provenance = {"split": files.stem, "queries": len(sampled), "corpus": files.corpus.name,
+                  "lhs_fields": format_fields(lhs_fields), "rhs_fields": format_fields(rhs_fields),
+                  "query_set": query_set, "top_q": top_q, "top_k": top_k, "model_checksum": encoder.checksum(),
+                  "timings_s": {k: round(v, 3) for k, v in timings.items()}}
+    _write_json(out / "output.json", {**metrics.reference_output(means, ks), "gclcore": provenance})
     pd.DataFrame([summary]).to_csv(out / "output.csv", index=False)
     per_query.to_csv(out / "per_query.csv")
     if resolver is not None:

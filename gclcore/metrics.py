@@ -15,11 +15,14 @@ descending, byte-wise):
 Python family (the run's own order, stable by score descending, as BEIR's MRR and GCL's ERR/RBP):
 
 - ``MRR@k = 1 / (first rank <= k with g_r > 0)``, 0 if none; mean over **qrels** queries;
+- ``Accuracy@k = 1`` if some document of the top k has ``g_r > 0``, else 0; mean over qrels queries;
+- ``Hole@k = |{r <= k: d_r judged for no query at all}| / k`` (unjudged by every query's qrels, not just
+  this one's; divided by k even when fewer were retrieved); mean over qrels queries;
 - ``ERR = sum_r (1/r) R_r prod_{i<r} (1 - R_i)``, ``R_r = (2^{g_r} - 1) / 2^{m_q}``, all ranks, no cutoff;
 - ``RBP_p = (1-p) sum_r (g_r / m_q) p^{r-1}``, all ranks, for p = 0.7, 0.8, 0.9 (``mRBP7/8/9``).
 
-Reference rounding: BEIR rounds NDCG / MAP / Recall / P / MRR means to 5 decimals; mERR and mRBP are
-not rounded. :func:`mean_metrics` does the same unless ``rounding=False``.
+Reference rounding: BEIR rounds NDCG / MAP / Recall / P / MRR / Accuracy / Hole means to 5 decimals;
+mERR and mRBP are not rounded. :func:`mean_metrics` does the same unless ``rounding=False``.
 
 Two entry points share one implementation (:func:`per_query_arrays`):
 
@@ -41,7 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-DEFAULT_KS = (1, 3, 5, 10, 100, 1000)
+PUBLISHED_KS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 20, 30, 40, 50, 60, 70, 80, 90, 100, 200, 500, 1000)
+"""The cut-offs the published evaluation reports (those up to its retrieval depth)."""
 RBP_PS = {"mRBP7": 0.7, "mRBP8": 0.8, "mRBP9": 0.9}
 
 
@@ -52,7 +56,9 @@ class RankedGrades:
     - ``trec``: (Q, K) grades of the ranked documents in trec_eval order (score desc, doc id desc);
     - ``python``: (Q, K) the same documents in the run's own order (stable sort by score desc);
     - ``ideal``: (Q, J) grades of all judged documents, sorted descending;
-    - ``in_run``: (Q,) whether the query has a run (trec_eval means only count those).
+    - ``in_run``: (Q,) whether the query has a run (trec_eval means only count those);
+    - ``hole``: (Q, K) in the Python order, 1 where the document is judged for no query of the qrels
+      (Hole@k), 0 elsewhere and on padding.
 
     Padding with grade 0 is exact: an empty rank adds no gain, no relevant document and no stop
     probability, and P@k always divides by k.
@@ -63,6 +69,7 @@ class RankedGrades:
     ideal: np.ndarray
     in_run: np.ndarray
     query_ids: list[str]
+    hole: np.ndarray
 
 
 def _pad(rows: list[np.ndarray], width: int | None = None) -> np.ndarray:
@@ -75,7 +82,8 @@ def _pad(rows: list[np.ndarray], width: int | None = None) -> np.ndarray:
 
 def ranked_grades(qrels: dict[str, dict[str, float]], run: dict[str, dict[str, float]]) -> RankedGrades:
     """Convert trec-style dicts into :class:`RankedGrades` for every query in ``qrels``."""
-    trec_rows, python_rows, ideal_rows, in_run, qids = [], [], [], [], []
+    trec_rows, python_rows, ideal_rows, hole_rows, in_run, qids = [], [], [], [], [], []
+    annotated = {doc for judged in qrels.values() for doc in judged}
     for qid, judged in qrels.items():
         ranking = run.get(qid, {})
         docs = list(ranking.keys())
@@ -88,11 +96,12 @@ def ranked_grades(qrels: dict[str, dict[str, float]], run: dict[str, dict[str, f
         trec_rows.append(grades[trec_order])
         python_rows.append(grades[python_order])
         ideal_rows.append(np.sort(np.fromiter(judged.values(), dtype=np.float64, count=len(judged)))[::-1])
+        hole_rows.append(np.fromiter((d not in annotated for d in docs), dtype=np.float64, count=len(docs))[python_order])
         in_run.append(qid in run)
         qids.append(qid)
     width = max((len(r) for r in trec_rows), default=1)
     return RankedGrades(_pad(trec_rows, width), _pad(python_rows, width), _pad(ideal_rows),
-                        np.asarray(in_run, dtype=bool), qids)
+                        np.asarray(in_run, dtype=bool), qids, _pad(hole_rows, width))
 
 
 def ranked_grades_from_topk(topk_index: np.ndarray, topk_scores: np.ndarray, judged_query: np.ndarray,
@@ -128,7 +137,8 @@ def ranked_grades_from_topk(topk_index: np.ndarray, topk_scores: np.ndarray, jud
     column = np.arange(len(by_query)) - starts[judged_query[by_query]]
     ideal = np.zeros((n_queries, max(int(counts.max(initial=0)), 1)))
     ideal[judged_query[by_query], column] = judged_grade[by_query]
-    return RankedGrades(trec, python, ideal, np.ones(n_queries, dtype=bool), list(query_ids))
+    hole = (~np.isin(topk_index, judged_doc[inside])).astype(np.float64)
+    return RankedGrades(trec, python, ideal, np.ones(n_queries, dtype=bool), list(query_ids), hole)
 
 
 def _at(cumulative: np.ndarray, k: int) -> np.ndarray:
@@ -136,9 +146,10 @@ def _at(cumulative: np.ndarray, k: int) -> np.ndarray:
     return cumulative[:, min(k, cumulative.shape[1]) - 1]
 
 
-def per_query_arrays(g: RankedGrades, ks=DEFAULT_KS, rbp_ps: dict[str, float] = RBP_PS) -> dict[str, np.ndarray]:
+def per_query_arrays(g: RankedGrades, ks=PUBLISHED_KS, rbp_ps: dict[str, float] = RBP_PS) -> dict[str, np.ndarray]:
     """Per-query metric values, one (Q,) array per metric name (``NDCG@k``, ``MAP@k``, ``Recall@k``,
-    ``P@k``, ``MRR@k``, ``ERR``, ``RBP7``...). See the module docstring for the formulas."""
+    ``P@k``, ``MRR@k``, ``Accuracy@k``, ``Hole@k``, ``ERR``, ``RBP7``...). See the module docstring for
+    the formulas."""
     out: dict[str, np.ndarray] = {}
     K = g.trec.shape[1]
     ranks = np.arange(1, K + 1, dtype=np.float64)
@@ -152,6 +163,7 @@ def per_query_arrays(g: RankedGrades, ks=DEFAULT_KS, rbp_ps: dict[str, float] = 
     ap = np.cumsum(relevant * hits / ranks, axis=1)
     safe_rel = np.where(n_relevant > 0, n_relevant, 1.0)
     first_hit = np.where((g.python > 0).any(axis=1), (g.python > 0).argmax(axis=1) + 1, np.inf)
+    holes = np.cumsum(g.hole, axis=1)
     for k in ks:
         ideal_k = _at(idcg, k)
         out[f"NDCG@{k}"] = np.where(ideal_k > 0, _at(dcg, k) / np.where(ideal_k > 0, ideal_k, 1.0), 0.0)
@@ -159,6 +171,8 @@ def per_query_arrays(g: RankedGrades, ks=DEFAULT_KS, rbp_ps: dict[str, float] = 
         out[f"Recall@{k}"] = np.where(n_relevant > 0, _at(hits, k) / safe_rel, 0.0)
         out[f"P@{k}"] = _at(hits, k) / k
         out[f"MRR@{k}"] = np.where(first_hit <= k, 1.0 / first_hit, 0.0)
+        out[f"Accuracy@{k}"] = (first_hit <= k).astype(np.float64)
+        out[f"Hole@{k}"] = _at(holes, k) / k
     max_grade = g.ideal[:, :1]
     # (2^g - 1) / 2^m computed as 2^(g-m) - 2^-m: both powers of two are exact, so the result is the
     # correctly rounded float64 of the exact ratio (what Python's int / int gives the reference).
@@ -172,10 +186,11 @@ def per_query_arrays(g: RankedGrades, ks=DEFAULT_KS, rbp_ps: dict[str, float] = 
     return out
 
 
-def mean_metrics(g: RankedGrades, ks=DEFAULT_KS, rounding: bool = True) -> dict[str, float]:
+def mean_metrics(g: RankedGrades, ks=PUBLISHED_KS, rounding: bool = True) -> dict[str, float]:
     """Mean metrics with the reference's averaging and key names (``NDCG@10``, ``mERR``, ``mRBP7``, ...).
 
-    trec_eval measures average over queries that have a run; MRR, ERR and RBP over all qrels queries.
+    trec_eval measures average over queries that have a run; MRR, Accuracy, Hole, ERR and RBP over all
+    qrels queries.
     """
     values = per_query_arrays(g, ks)
     out: dict[str, float] = {}
@@ -183,7 +198,7 @@ def mean_metrics(g: RankedGrades, ks=DEFAULT_KS, rounding: bool = True) -> dict[
     for name, array in values.items():
         if name == "ERR" or name.startswith("RBP"):
             out[f"m{name}"] = float(array.mean()) if len(array) else 0.0
-        elif name.startswith("MRR"):
+        elif name.startswith(("MRR", "Accuracy", "Hole")):
             mean = float(array.sum() / max(len(array), 1))
             out[name] = round(mean, 5) if rounding else mean
         else:
@@ -192,22 +207,46 @@ def mean_metrics(g: RankedGrades, ks=DEFAULT_KS, rounding: bool = True) -> dict[
     return out
 
 
-def per_query_frame(g: RankedGrades, ks=DEFAULT_KS) -> pd.DataFrame:
+def per_query_frame(g: RankedGrades, ks=PUBLISHED_KS) -> pd.DataFrame:
     """Per-query metrics as a DataFrame indexed by query id (for distributions and win/loss plots)."""
     return pd.DataFrame(per_query_arrays(g, ks), index=pd.Index(g.query_ids, name="query"))
 
 
-def evaluate_run(qrels: dict, run: dict, ks=DEFAULT_KS, rounding: bool = True) -> dict[str, float]:
+def evaluate_run(qrels: dict, run: dict, ks=PUBLISHED_KS, rounding: bool = True) -> dict[str, float]:
     """Mean metrics of a trec-style run against trec-style qrels (see :func:`mean_metrics`)."""
     return mean_metrics(ranked_grades(qrels, run), ks, rounding)
 
 
-def summary_row(metrics: dict[str, float], ks=DEFAULT_KS) -> dict[str, float]:
-    """The reference's ``output.csv`` row: ``mAP@K, mrr@K, NDCG@10, mERR, mRBP7, mRBP8, mRBP9``
-    with K the largest cutoff."""
+def summary_row(metrics: dict[str, float], ks=PUBLISHED_KS) -> dict[str, float]:
+    """The reference's ``output.csv`` row, ``mAP@K, mrr@K, NDCG@10, mERR, mRBP7, mRBP8, mRBP9`` with K the
+    largest cutoff, then ``P@10, Recall@10`` (two more columns the published aggregation reports)."""
     K = max(ks)
     return {f"mAP@{K}": metrics[f"MAP@{K}"], f"mrr@{K}": metrics[f"MRR@{K}"], "NDCG@10": metrics["NDCG@10"],
-            "mERR": metrics["mERR"], "mRBP7": metrics["mRBP7"], "mRBP8": metrics["mRBP8"], "mRBP9": metrics["mRBP9"]}
+            "mERR": metrics["mERR"], "mRBP7": metrics["mRBP7"], "mRBP8": metrics["mRBP8"], "mRBP9": metrics["mRBP9"],
+            "P@10": metrics["P@10"], "Recall@10": metrics["Recall@10"]}
+
+
+_GROUPS = {"mAP": "MAP@", "ndcg": "NDCG@", "precision": "P@", "recall": "Recall@", "mrr": "MRR@",
+           "hole": "Hole@", "acc": "Accuracy@"}
+
+
+def reference_output(metrics: dict[str, float], ks=PUBLISHED_KS) -> dict:
+    """The published evaluation's ``output.json`` object: one dict per metric family (``mAP``, ``ndcg``,
+    ``precision``, ``recall``, ``mrr``, ``hole``, ``acc``; keys ``MAP@k``...) and ``summary``, whose
+    ``mAP@K`` / ``mrr@K`` / ``NDCG@10`` values are one-element lists, as the publisher writes them
+    (its aggregation script reads this shape)."""
+    out = {group: {f"{prefix}{k}": metrics[f"{prefix}{k}"] for k in ks} for group, prefix in _GROUPS.items()}
+    K = max(ks)
+    out["summary"] = {f"mAP@{K}": [metrics[f"MAP@{K}"]], f"mrr@{K}": [metrics[f"MRR@{K}"]],
+                      "NDCG@10": [metrics["NDCG@10"]], "mERR": metrics["mERR"], "mRBP7": metrics["mRBP7"],
+                      "mRBP8": metrics["mRBP8"], "mRBP9": metrics["mRBP9"]}
+    return out
+
+
+def published_ks(top_k: int) -> tuple[int, ...]:
+    """The published cut-offs up to ``top_k`` (as the publisher does), plus 10 if ``top_k < 10`` (every
+    summary has NDCG@10; the published script fails there instead)."""
+    return tuple(sorted({k for k in PUBLISHED_KS if k <= top_k} | {10}))
 
 
 def parse_ks(text: str) -> tuple[int, ...]:
@@ -226,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gclcore.metrics", description=__doc__.split("\n\n")[0])
     parser.add_argument("qrels", help="JSON {query_id: {doc_id: grade}}")
     parser.add_argument("run", help="JSON {query_id: {doc_id: score}}")
-    parser.add_argument("--k", type=parse_ks, default=DEFAULT_KS, help="cutoffs, e.g. 1,3,5,10,100,1000")
+    parser.add_argument("--k", type=parse_ks, default=PUBLISHED_KS, help="cutoffs, e.g. 1,5,10 (default: the published ones)")
     parser.add_argument("--no-rounding", action="store_true", help="do not round like BEIR (5 decimals)")
     args = parser.parse_args(argv)
     from gclcore.data import DataFormatError, read_companion

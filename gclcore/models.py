@@ -202,12 +202,20 @@ def _register_default_config(name: str) -> dict:
     return preprocess
 
 
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+"""Encoding precisions: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere; the others autocast to
+that type (``fp32``: no autocast). The published evaluation encodes under CUDA fp16 autocast."""
+
+
 @dataclass
 class Encoder:
     """An open_clip model with its tokenizer and image transforms.
 
-    ``encode_text`` / ``encode_images`` return L2-normalised float32 (n, d) tensors on the CPU.
-    ``preprocess_train`` / ``preprocess`` are open_clip's train / eval image transforms.
+    ``encode_text`` / ``encode_images`` return L2-normalised float32 (n, d) tensors on the CPU, computed
+    under ``precision`` (:data:`PRECISIONS`) in batches of ``batch_size``; texts are tokenised to
+    ``context_length`` tokens (0: the model's own, e.g. 77 for CLIP; shorter truncates, as the
+    published evaluation's ``--context-length``). ``preprocess_train`` / ``preprocess`` are open_clip's
+    train / eval image transforms.
     """
 
     model: torch.nn.Module
@@ -217,6 +225,19 @@ class Encoder:
     name: str
     pretrained: str | None
     device: torch.device
+    batch_size: int = 256
+    precision: str = "auto"
+    context_length: int = 0
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
+        native = getattr(self.model, "context_length", None)
+        if self.context_length < 0 or (native and self.context_length > native):
+            raise ValueError(f"context_length {self.context_length} is outside 0..{native}, the text tower's "
+                             f"positions (0 uses all of them)")
 
     @property
     def embed_dim(self) -> int:
@@ -224,24 +245,27 @@ class Encoder:
             isinstance(self.model.text_projection, torch.Tensor) else int(self.encode_text(["x"]).shape[1])
 
     @torch.no_grad()
-    def encode_text(self, texts, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    def encode_text(self, texts, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
         """Embed texts (missing values become the string ``"nan"``, as the reference's ``str(x)``)."""
         from tqdm.auto import tqdm
 
         texts = [str(t) for t in texts]
+        batch_size = batch_size or self.batch_size
         self.model.eval()
         out = []
         for start in tqdm(range(0, len(texts), batch_size), desc="encode text", disable=not progress):
-            tokens = self.tokenizer(texts[start:start + batch_size]).to(self.device)
+            tokens = self.tokenizer(texts[start:start + batch_size], context_length=self.context_length or None)
             with self._autocast():
-                out.append(self.model.encode_text(tokens, normalize=True).float().cpu())
+                out.append(self.model.encode_text(tokens.to(self.device), normalize=True).float().cpu())
         return torch.cat(out) if out else torch.empty((0, self.embed_dim))
 
     @torch.no_grad()
-    def encode_images(self, images, batch_size: int = 128, progress: bool = False, total: int | None = None) -> torch.Tensor:
+    def encode_images(self, images, batch_size: int | None = None, progress: bool = False,
+                      total: int | None = None) -> torch.Tensor:
         """Embed an iterable of PIL images (or already preprocessed (3, H, W) tensors)."""
         from tqdm.auto import tqdm
 
+        batch_size = batch_size or self.batch_size
         self.model.eval()
         out, batch = [], []
 
@@ -260,7 +284,7 @@ class Encoder:
         return torch.cat(out) if out else torch.empty((0, self.embed_dim))
 
     @torch.no_grad()
-    def encode_image_files(self, stored_paths: list[str], resolver, batch_size: int = 128,
+    def encode_image_files(self, stored_paths: list[str], resolver, batch_size: int | None = None,
                            workers: int | None = None, progress: bool = False) -> torch.Tensor:
         """Embed images given by stored (publisher) paths, resolved by basename; decoding runs in
         DataLoader workers (:func:`gclcore.loaders.iterate_images`)."""
@@ -268,6 +292,7 @@ class Encoder:
 
         from gclcore.loaders import iterate_images
 
+        batch_size = batch_size or self.batch_size
         self.model.eval()
         out = []
         batches = iterate_images(stored_paths, resolver, self.preprocess, batch_size, workers)
@@ -278,9 +303,10 @@ class Encoder:
         return torch.cat(out) if out else torch.empty((0, self.embed_dim))
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        if self.precision == "auto" and self.device.type == "cuda":
+            dtype = torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def checksum(self) -> str:
         """Digest of the model's parameters and buffers: the cache key of anything computed with these
@@ -303,7 +329,8 @@ def state_digest(*parts) -> str:
 
 
 def load_encoder(model: str = "default", pretrained: str | None = None, device: str | torch.device | None = None,
-                 channels_last: bool = True, **open_clip_kwargs) -> Encoder:
+                 channels_last: bool = True, *, batch_size: int = 256, precision: str = "auto",
+                 context_length: int = 0, **open_clip_kwargs) -> Encoder:
     """Build an :class:`Encoder` (see the module docstring for what ``model`` / ``pretrained`` accept).
 
     ``pretrained`` goes through :func:`resolve_pretrained` first: for an open_clip model, none given
@@ -315,7 +342,8 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     convolutions then also use for their (contiguous) inputs: on the 2-core CPU box it makes the default
     model's EfficientNet forward + backward ~35% faster and inference ~40% faster (bench/RESULTS.md); it
     is the layout NVIDIA recommends for convolutions in bf16/fp16 too. Values are unchanged up to
-    floating-point rounding, and checkpoints load into either layout.
+    floating-point rounding, and checkpoints load into either layout. ``batch_size``, ``precision`` and
+    ``context_length`` are the :class:`Encoder`'s.
     """
     import open_clip
 
@@ -343,7 +371,7 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     if channels_last and any(isinstance(m, torch.nn.Conv2d) for m in net.visual.modules()):
         net.visual.to(memory_format=torch.channels_last)
     return Encoder(net, open_clip.get_tokenizer(name), preprocess_train, preprocess, name, pretrained or None,
-                   device)
+                   device, batch_size, precision, context_length)
 
 
 class _DropMessages(logging.Filter):

@@ -89,9 +89,12 @@ def test_outputs_match_an_independent_metric_pass(tiny_shop, tmp_path):
     qrels = json.loads((tmp_path / "gt_results.json").read_text())
     run = json.loads((tmp_path / "retrieval.json").read_text())
     assert list(qrels) == list(run) and all(len(v) == 50 for v in run.values())
-    assert metrics.evaluate_run(qrels, run, ks=(1, 3, 5, 10, 50)) == pytest.approx(result.metrics)
+    assert metrics.evaluate_run(qrels, run, ks=metrics.published_ks(50)) == pytest.approx(result.metrics)
+    assert {"Hole@50", "Accuracy@12", "P@8"} <= set(result.metrics)
     summary = pd.read_csv(tmp_path / "output.csv")
-    assert list(summary.columns) == ["mAP@50", "mrr@50", "NDCG@10", "mERR", "mRBP7", "mRBP8", "mRBP9"]
+    assert list(summary.columns) == ["mAP@50", "mrr@50", "NDCG@10", "mERR", "mRBP7", "mRBP8", "mRBP9", "P@10", "Recall@10"]
+    output = json.loads((tmp_path / "output.json").read_text())
+    assert output["summary"]["mAP@50"] == [result.metrics["MAP@50"]] and output["gclcore"]["top_k"] == 50
     assert len(pd.read_csv(tmp_path / "per_query.csv")) == len(qrels)
 
 

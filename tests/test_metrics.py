@@ -36,6 +36,18 @@ def mrr_literal(judged, ranking, k):
     return next((1 / rank for rank, (doc, _) in enumerate(ranked, 1) if judged.get(doc, 0) > 0), 0.0)
 
 
+def accuracy_literal(judged, ranking, k):
+    ranked = [doc for doc, _ in sorted(ranking.items(), key=lambda item: item[1], reverse=True)[:k]]
+    return float(any(doc in ranked for doc, grade in judged.items() if grade > 0))
+
+
+def hole_literal(qrels, ranking, k):
+    """Share of the top k judged by no query at all, over k (the published definition)."""
+    annotated = {doc for judged in qrels.values() for doc in judged}
+    ranked = sorted(ranking.items(), key=lambda item: item[1], reverse=True)[:k]
+    return sum(doc not in annotated for doc, _ in ranked) / k
+
+
 doc_ids = st.sampled_from(["1", "2", "9", "10", "11", "99", "100", "a", "b", "B", "é", "d-1"])
 
 
@@ -84,6 +96,8 @@ def test_python_family_equals_literal_reference(case):
             assert frame.loc[qid, f"RBP{int(p * 10)}"] == pytest.approx(rbp_literal(judged, ranking, p), abs=1e-12)
         for k in KS:
             assert frame.loc[qid, f"MRR@{k}"] == pytest.approx(mrr_literal(judged, ranking, k), abs=1e-12)
+            assert frame.loc[qid, f"Accuracy@{k}"] == accuracy_literal(judged, ranking, k)
+            assert frame.loc[qid, f"Hole@{k}"] == pytest.approx(hole_literal(qrels, ranking, k), abs=1e-12)
     means = metrics.evaluate_run(qrels, run, KS, rounding=False)
     assert means["mERR"] == pytest.approx(np.mean([err_literal(j, run.get(q, {})) for q, j in qrels.items()]))
     assert means["MRR@10"] == pytest.approx(np.mean([mrr_literal(j, run.get(q, {}), 10) for q, j in qrels.items()]))
@@ -133,7 +147,9 @@ def test_summary_row_and_cli(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert {"NDCG@10", "MAP@1000", "Recall@10", "P@10", "MRR@1000", "mERR", "mRBP7", "mRBP8", "mRBP9"} <= set(printed)
     row = metrics.summary_row(printed, ks=(1, 5, 10, 1000))
-    assert list(row) == ["mAP@1000", "mrr@1000", "NDCG@10", "mERR", "mRBP7", "mRBP8", "mRBP9"]
+    assert list(row) == ["mAP@1000", "mrr@1000", "NDCG@10", "mERR", "mRBP7", "mRBP8", "mRBP9", "P@10", "Recall@10"]
+    assert metrics.main([str(tmp_path / "qrels.json"), str(tmp_path / "run.json")]) == 0
+    assert {f"Hole@{k}" for k in metrics.PUBLISHED_KS} <= set(json.loads(capsys.readouterr().out))
     (tmp_path / "bad.json").write_text("[1, 2]")
     assert metrics.main([str(tmp_path / "qrels.json"), str(tmp_path / "bad.json")]) == 2
 
@@ -162,5 +178,39 @@ def test_fast_topk_path_equals_dict_path(case):
                                                                     id_rank, queries), KS)
     slow = metrics.per_query_arrays(metrics.ranked_grades({q: qrels[q] for q in queries},
                                                           {q: run[q] for q in queries}), KS)
+    full = np.array([len(run[q]) == depth for q in queries])  # padding is a retrieved (hole) document
     for name in slow:
-        assert np.allclose(fast[name], slow[name], atol=1e-12), name
+        rows = full if name.startswith("Hole") else slice(None)
+        assert np.allclose(fast[name][rows], slow[name][rows], atol=1e-12), name
+
+
+def test_hole_and_accuracy_by_hand():
+    # q1 judges a, b; q2 judges c. q1's run: x (judged by nobody), c (judged, but by q2), a.
+    qrels = {"q1": {"a": 2, "b": 1}, "q2": {"c": 1}}
+    run = {"q1": {"x": 0.9, "c": 0.8, "a": 0.7}, "q2": {"y": 0.5}}
+    m = metrics.evaluate_run(qrels, run, ks=(1, 2, 3, 10))
+    assert m["Hole@1"] == 1.0                            # x and y: (1/1 + 1/1) / 2 queries
+    assert m["Hole@3"] == round((1 / 3 + 1 / 3) / 2, 5)  # c is no hole for q1: q2 judged it; y over k=3
+    assert m["Hole@10"] == 0.1                           # divided by k, not by the 3 (1) retrieved
+    assert m["Accuracy@2"] == 0.0 and m["Accuracy@3"] == 0.5  # q1's first relevant (a) at rank 3
+
+
+def test_published_cutoffs_and_output_json_read_by_the_published_aggregation(tmp_path):
+    assert metrics.published_ks(1000) == metrics.PUBLISHED_KS
+    assert metrics.published_ks(15) == (1, 2, 3, 4, 5, 6, 8, 10, 12)
+    assert metrics.published_ks(5) == (1, 2, 3, 4, 5, 10)
+    qrels = {"q": {"d1": 3, "d2": 2, "d3": 1}}
+    run = {"q": {"d2": 0.9, "d9": 0.8, "d1": 0.7, "d3": 0.6}}
+    means = metrics.evaluate_run(qrels, run)
+    output = metrics.reference_output(means)
+    assert output["summary"]["NDCG@10"] == [means["NDCG@10"]] and output["summary"]["mERR"] == means["mERR"]
+    # the published aggregation's reading of output.json, step by step (exp_dirs -> results_sum.csv)
+    wanted = ["MAP@1000", "P@10", "Recall@10", "MRR@1000", "NDCG@10", "mERR"]
+    results = json.loads(json.dumps({**output, "gclcore": {"split": "in_domain"}}))
+    summary = results.pop("summary")
+    flat = {k: v for d in results.values() for k, v in d.items() if k in wanted}
+    flat.update({k: v for k, v in summary.items() if k not in flat and k in wanted})
+    assert flat == {"MAP@1000": means["MAP@1000"], "P@10": means["P@10"], "Recall@10": means["Recall@10"],
+                    "MRR@1000": means["MRR@1000"], "NDCG@10": means["NDCG@10"], "mERR": means["mERR"]}
+    assert set(output) == {"mAP", "ndcg", "precision", "recall", "mrr", "hole", "acc", "summary"}
+    assert list(output["hole"]) == [f"Hole@{k}" for k in metrics.PUBLISHED_KS]
