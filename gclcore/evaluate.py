@@ -29,6 +29,7 @@ Command line (no ``--model``: the embedded default model)::
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -121,8 +122,13 @@ def build_qrels(frame: pd.DataFrame, keys: pd.Series, grades: np.ndarray, sample
 # --------------------------------------------------------------------------------------------------
 
 def embed_items(encoder: TextImageEncoder, table: pd.DataFrame, fields: tuple[Field, ...],
-                resolver: ImageResolver | None, first_field_always: bool = True) -> torch.Tensor:
-    """Fused embeddings of a table's items (rows) over ``fields`` (step 5)."""
+                resolver: ImageResolver | None, first_field_always: bool = True, cached=None) -> torch.Tensor:
+    """Fused embeddings of a table's items (rows) over ``fields`` (step 5).
+
+    ``cached(field_name, compute)`` may memoise one field's (unfused) embeddings, so configurations that
+    share a field (image only; image 0.9 + title 0.1) embed it once.
+    """
+    cached = cached or (lambda name, compute: compute())
     embeddings, present = {}, {}
     for f in fields:
         if f.name not in table.columns:
@@ -134,9 +140,11 @@ def embed_items(encoder: TextImageEncoder, table: pd.DataFrame, fields: tuple[Fi
             if resolver is None:
                 raise ValueError(f"field {f.name!r} is an image field: pass an image root")
             # a missing value becomes "", which the resolver loads as MISSING (the placeholder)
-            embeddings[f.name] = encoder.encode_image_files(values.fillna("").astype(str).tolist(), resolver)
+            stored = values.fillna("").astype(str).tolist()
+            embeddings[f.name] = cached(f.name, functools.partial(encoder.encode_image_files, stored, resolver))
         else:
-            embeddings[f.name] = encoder.encode_text(values.astype(object).map(str).tolist())
+            texts = values.astype(object).map(str).tolist()
+            embeddings[f.name] = cached(f.name, functools.partial(encoder.encode_text, texts))
     if first_field_always:  # the published evaluation never zeroes the first field
         present[fields[0].name] = torch.ones(len(table), dtype=torch.bool)
     return Side(tuple(fields), embeddings, present).fused()
@@ -176,8 +184,10 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     """Evaluate one split (a CSV stem or HF split name) and write the reference outputs to ``output_dir``.
 
     ``data`` is a dataset folder or a :class:`gclcore.data.Dataset`; ``image_root`` (with a folder) is
-    where its images are. Embeddings are cached under ``cache_dir`` (default ``output_dir/cache``), keyed by the model checksum,
-    fields, field weights and data; ``cache_dir=False`` turns caching off (weights that keep changing).
+    where its images are. Each field's embeddings are cached under ``cache_dir`` (default
+    ``output_dir/cache``), keyed by the model checksum, the field and the data (the sampled queries, or
+    the corpus file and image root), so another fusion of the same fields embeds nothing again;
+    ``cache_dir=False`` turns caching off (weights that keep changing).
     """
     dataset = open_dataset(data, image_root)
     files = dataset.files(split)
@@ -194,8 +204,13 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     resolver = dataset.image_resolver()
     cache = None if cache_dir is False else Path(cache_dir) if cache_dir is not None else out / "cache"
 
-    def cache_file(name: str) -> Path | None:
-        return None if cache is None else cache / name
+    checksum = encoder.checksum()
+
+    def field_cache(kind: str, tag: str):
+        """Memoise each field's embeddings as ``<cache>/<kind>-<model>-<field>-<data tag>.pt``."""
+        def cached(name, compute):
+            return _cached(None if cache is None else cache / f"{kind}-{checksum}-{name}-{tag}.pt", compute)
+        return cached
 
     t1 = time.perf_counter()
     first_rows = frame.assign(_key=keys.to_numpy()).drop_duplicates("_key").set_index("_key")
@@ -204,13 +219,11 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
         missing = [k for k in sampled if k not in first_rows.index]
         raise DataFormatError(files.csv, f"{len(missing)} ground-truth queries not in the split CSV, e.g. {missing[0]!r}")
     query_tag = hashlib.sha256("\n".join(sampled).encode()).hexdigest()[:16]
-    query_emb = _cached(cache_file(f"queries-{encoder.checksum()}-{_fields_tag(lhs_fields)}-{query_tag}.pt"),
-                        lambda: embed_items(encoder, query_table, lhs_fields, resolver))
+    query_emb = embed_items(encoder, query_table, lhs_fields, resolver, cached=field_cache("queries", query_tag))
     corpus = dataset.corpus(split)
     corpus_tag = dataset.digest(files.corpus) + ("-" + hashlib.sha256(str(dataset.image_root).encode())
                                                  .hexdigest()[:8] if dataset.image_root is not None else "")
-    corpus_emb = _cached(cache_file(f"corpus-{encoder.checksum()}-{_fields_tag(rhs_fields)}-{corpus_tag}.pt"),
-                         lambda: embed_items(encoder, corpus, rhs_fields, resolver))
+    corpus_emb = embed_items(encoder, corpus, rhs_fields, resolver, cached=field_cache("corpus", corpus_tag))
     timings["embed_s"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -239,7 +252,7 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     # metrics), with this evaluation's provenance as one more such dict
     provenance = {"split": files.stem, "queries": len(sampled), "corpus": files.corpus.name,
                   "lhs_fields": format_fields(lhs_fields), "rhs_fields": format_fields(rhs_fields),
-                  "query_set": query_set, "top_q": top_q, "top_k": top_k, "model_checksum": encoder.checksum(),
+                  "query_set": query_set, "top_q": top_q, "top_k": top_k, "model_checksum": checksum,
                   "timings_s": {k: round(v, 3) for k, v in timings.items()}}
     _write_json(out / "output.json", {**metrics.reference_output(means, ks), "gclcore": provenance})
     pd.DataFrame([summary]).to_csv(out / "output.csv", index=False)
@@ -247,10 +260,6 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     if resolver is not None:
         resolver.warn_placeholders("embedded")
     return SplitResult(files.stem, summary, means, per_query, out, timings)
-
-
-def _fields_tag(fields: tuple[Field, ...]) -> str:
-    return hashlib.sha256(format_fields(fields).encode()).hexdigest()[:8]
 
 
 def _write_json(path: Path, value) -> None:

@@ -107,7 +107,11 @@ def test_query_sample_and_caches_are_reused_but_never_stale(tiny_shop, tmp_path)
     assert enc.calls == calls                              # both embeddings from the cache
     assert list(again.per_query.index) == list(first.per_query.index)  # gt_results.json fixes the queries
     evaluate.evaluate_split(enc, tiny_shop, "novel_query", tmp_path, rhs_fields=(Field("title"),), **kwargs)
-    assert enc.calls == calls + 1                          # new fields: corpus re-embedded, queries cached
+    assert enc.calls == calls + 1                          # a new field: titles embedded, queries cached
+    fused = evaluate.evaluate_split(enc, tiny_shop, "novel_query", tmp_path,
+                                    rhs_fields=(Field("image_local", 0.9), Field("title", 0.1)), **kwargs)
+    assert enc.calls == calls + 1                          # both fields cached: only the fusion is new
+    assert fused.metrics != first.metrics
     other = HashEncoder("b")
     evaluate.evaluate_split(other, tiny_shop, "novel_query", tmp_path, **kwargs)
     assert other.calls == 2                                # other weights: nothing reused
