@@ -22,13 +22,20 @@ the sampled queries (grades as shipped).
 Command line (no ``--model``: the embedded default model)::
 
     python -m gclcore.evaluate --data-dir DIR [--image-root DIR] [--split all] [--model ViT-B-32
-        --pretrained TAG_OR_PATH] [--lhs-fields query=1] [--rhs-fields image_local=1]
-        [--top-q 2000] [--top-k 1000] [--output-dir results/]
+        --pretrained TAG_OR_PATH] [--precision fp16] [--batch-size 1024] [--context-length 77]
+        [--lhs-fields query=1] [--rhs-fields image_local=1] [--top-q 2000] [--top-k 1000]
+        [--output-dir results/]
+    python -m gclcore.evaluate --test-csv query_tiny.csv --corpus corpus_tiny.json --image-root images ...
+
+The second form evaluates one split CSV against one corpus JSON, of any names, and writes straight into
+``--output-dir``. The published script's flags are accepted under their own spellings too, so its shell
+scripts run unchanged with ``python -m gclcore.evaluate`` in its place (``--help`` lists them).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import hashlib
 import json
@@ -46,6 +53,7 @@ import torch
 from gclcore import metrics
 from gclcore.data import SPLIT_NAMES, DataFormatError, Dataset, ImageResolver, SplitFiles, atomic_write, open_dataset, split_stems
 from gclcore.fusion import Field, Side, format_fields, parse_fields
+from gclcore.models import PRECISIONS
 from gclcore.retrieval import exact_topk
 
 QUERY_SUFFIX = "_{!@#~}_"
@@ -310,36 +318,116 @@ def evaluate(encoder: TextImageEncoder, data: str | os.PathLike | Dataset, outpu
     return table
 
 
+def context_length_arg(text: str) -> int:
+    """``--context-length``: an integer, or the published script's per-field lists (``"[[77], [0]]"``),
+    whose maximum is used for every text field (0: the model's own)."""
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError) as err:
+        raise argparse.ArgumentTypeError(f"expected an integer or [[77], [0]], got {text!r}") from err
+    flat = [value] if isinstance(value, int) else [v for side in value for v in side] if isinstance(value, list) else []
+    if not flat or not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
+        raise argparse.ArgumentTypeError(f"expected an integer or [[77], [0]], got {text!r}")
+    return max(flat)
+
+
+def published_fields(keys: str, weights: str, modalities: list[str], side: str) -> tuple[Field, ...]:
+    """Fields from the published script's list syntax: ``--left-keys "['query']" --left-weights "[1]"``
+    (``--img-or-txt`` gives each key's modality, which must agree with the column: image columns are
+    ``image_local`` / ``image``)."""
+    try:
+        names, values = ast.literal_eval(keys), ast.literal_eval(weights)
+    except (ValueError, SyntaxError) as err:
+        raise ValueError(f"--{side}-keys / --{side}-weights must be Python lists, e.g. \"['query']\" \"[1]\"") from err
+    if len(names) != len(values) or len(names) != len(modalities):
+        raise ValueError(f"--{side}-keys {names}, --{side}-weights {values} and --img-or-txt {modalities} "
+                         "differ in length")
+    fields = tuple(Field(str(n), float(w)) for n, w in zip(names, values))
+    for f, kind in zip(fields, modalities):
+        if (kind == "img") != f.is_image:
+            raise ValueError(f"--img-or-txt says {kind!r} for {f.name!r}, but {f.name!r} is "
+                             f"{'an image' if f.is_image else 'a text'} column")
+    return fields
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gclcore.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--image-root", help="image folder (resolved by basename); needed for image fields")
-    parser.add_argument("--split", default="all", help="a split stem (query_0_product_id_0), HF name, or all")
-    parser.add_argument("--model", default="default", help="open_clip model name, or default (embedded)")
-    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path")
-    parser.add_argument("--lhs-fields", default="query=1", help="query-side fields and weights")
-    parser.add_argument("--rhs-fields", default="image_local=1", help="document fields, e.g. image_local=0.9,title=0.1")
-    parser.add_argument("--weight-key", default="score_linear")
-    parser.add_argument("--top-q", type=int, default=2000)
-    parser.add_argument("--top-k", type=int, default=1000)
-    parser.add_argument("--query-set", choices=("sampled", "dev", "test"), default="sampled")
-    parser.add_argument("--output-dir", default="results")
-    parser.add_argument("--cache-dir", help="embedding cache (default: <output-dir>/<split>/cache)")
-    parser.add_argument("--device", default=None)
+    parser = argparse.ArgumentParser(
+        prog="python -m gclcore.evaluate", description=__doc__.split("\n\n")[0],
+        epilog="The published script's flag spellings are accepted too (--test_csv, --doc-meta, --model_name, "
+               "--weight_key, --num_workers, --left-keys/--right-keys/--left-weights/--right-weights/--img-or-txt "
+               "as Python lists), so its shell scripts run with `python -m gclcore.evaluate` in its place.")
+    data = parser.add_argument_group("data (a dataset folder, or one split CSV and its corpus JSON)")
+    data.add_argument("--data-dir", help="dataset folder (CSV or Hugging Face parquet layout)")
+    data.add_argument("--test-csv", "--test_csv", help="one split CSV, any name (with --corpus); outputs go "
+                      "straight into --output-dir, as the published script's do")
+    data.add_argument("--corpus", "--doc-meta", help="the corpus JSON that --test-csv is evaluated against")
+    data.add_argument("--image-root", help="image folder (resolved by basename); needed for image fields")
+    data.add_argument("--split", default="all", help="with --data-dir: a split stem, HF name, or all")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", "--model_name", default="default", help="open_clip model name, or default (embedded)")
+    model.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path")
+    model.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="encoding precision (auto: bf16 on CUDA, fp32 on CPU; the published script: fp16)")
+    model.add_argument("--batch-size", type=int, default=256, help="encoding batch size")
+    model.add_argument("--context-length", type=context_length_arg, default=0,
+                       help="text tokens: an integer or the published [[77], [0]] (0: the model's own)")
+    model.add_argument("--num-workers", "--num_workers", type=int, default=None, help="image decoding workers")
+    model.add_argument("--device", default=None)
+    protocol = parser.add_argument_group("protocol")
+    protocol.add_argument("--lhs-fields", default="query=1", help="query-side fields and weights")
+    protocol.add_argument("--rhs-fields", default="image_local=1", help="document fields, e.g. image_local=0.9,title=0.1")
+    protocol.add_argument("--left-keys", help="published syntax, e.g. \"['query']\" (with --left-weights)")
+    protocol.add_argument("--left-weights", default=None)
+    protocol.add_argument("--right-keys", help="published syntax, e.g. \"['image_local', 'title']\"")
+    protocol.add_argument("--right-weights", default=None)
+    protocol.add_argument("--img-or-txt", default=None, help="published syntax, e.g. \"[['txt'], ['img']]\"")
+    protocol.add_argument("--weight-key", "--weight_key", default="score_linear")
+    protocol.add_argument("--top-q", type=int, default=2000)
+    protocol.add_argument("--top-k", type=int, default=1000)
+    protocol.add_argument("--query-set", choices=("sampled", "dev", "test"), default="sampled")
+    protocol.add_argument("--output-dir", default="results")
+    protocol.add_argument("--cache-dir", help="embedding cache (default: <output dir of the split>/cache)")
+    protocol.add_argument("--overwrite-feature", action="store_true", help="re-embed instead of using the cache")
     args = parser.parse_args(argv)
+    if (args.test_csv is None) == (args.data_dir is None) or (args.test_csv is None) != (args.corpus is None):
+        parser.error("give either --data-dir DIR, or --test-csv FILE with --corpus FILE")
     from gclcore.models import load_encoder
 
     try:
-        lhs, rhs = parse_fields(args.lhs_fields), parse_fields(args.rhs_fields)
-        encoder = load_encoder(args.model, args.pretrained, device=args.device)
-        table = evaluate(encoder, args.data_dir, args.output_dir, args.split, image_root=args.image_root,
-                         lhs_fields=lhs, rhs_fields=rhs, weight_key=args.weight_key, top_q=args.top_q,
-                         top_k=args.top_k, query_set=args.query_set, cache_dir=args.cache_dir)
+        lhs, rhs = _fields_from_args(args)
+        if args.data_dir:
+            dataset = open_dataset(args.data_dir, args.image_root)
+        else:
+            from gclcore.data import files_dataset
+
+            dataset = files_dataset(args.test_csv, args.corpus, args.image_root)
+        encoder = load_encoder(args.model, args.pretrained, device=args.device, batch_size=args.batch_size,
+                               precision=args.precision, context_length=args.context_length,
+                               workers=args.num_workers)
+        options = dict(lhs_fields=lhs, rhs_fields=rhs, weight_key=args.weight_key, top_q=args.top_q, top_k=args.top_k,
+                       query_set=args.query_set, cache_dir=False if args.overwrite_feature else args.cache_dir)
+        if args.test_csv:
+            [split] = dataset.resolve_splits("all")
+            table = pd.DataFrame([evaluate_split(encoder, dataset, split, args.output_dir, **options).summary])
+        else:
+            table = evaluate(encoder, dataset, args.output_dir, args.split, **options)
     except (DataFormatError, ValueError, FileNotFoundError) as err:  # PretrainedUnavailable is a FileNotFoundError
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(table.to_string(index=False))
     return 0
+
+
+def _fields_from_args(args) -> tuple[tuple[Field, ...], tuple[Field, ...]]:
+    """The query and document fields: ``--lhs-fields`` / ``--rhs-fields``, or the published list flags."""
+    if args.left_keys is None and args.right_keys is None:
+        return parse_fields(args.lhs_fields), parse_fields(args.rhs_fields)
+    if None in (args.left_keys, args.right_keys, args.left_weights, args.right_weights, args.img_or_txt):
+        raise ValueError("the published field flags go together: --left-keys, --left-weights, --right-keys, "
+                         "--right-weights and --img-or-txt")
+    modalities = ast.literal_eval(args.img_or_txt)
+    return (published_fields(args.left_keys, args.left_weights, modalities[0], "left"),
+            published_fields(args.right_keys, args.right_weights, modalities[1], "right"))
 
 
 if __name__ == "__main__":

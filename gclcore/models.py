@@ -214,7 +214,8 @@ class Encoder:
     ``encode_text`` / ``encode_images`` return L2-normalised float32 (n, d) tensors on the CPU, computed
     under ``precision`` (:data:`PRECISIONS`) in batches of ``batch_size``; texts are tokenised to
     ``context_length`` tokens (0: the model's own, e.g. 77 for CLIP; shorter truncates, as the
-    published evaluation's ``--context-length``). ``preprocess_train`` / ``preprocess`` are open_clip's
+    published evaluation's ``--context-length``); images are decoded by ``workers`` DataLoader workers
+    (None: one per spare core). ``preprocess_train`` / ``preprocess`` are open_clip's
     train / eval image transforms.
     """
 
@@ -228,6 +229,7 @@ class Encoder:
     batch_size: int = 256
     precision: str = "auto"
     context_length: int = 0
+    workers: int | None = None
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -295,7 +297,8 @@ class Encoder:
         batch_size = batch_size or self.batch_size
         self.model.eval()
         out = []
-        batches = iterate_images(stored_paths, resolver, self.preprocess, batch_size, workers)
+        batches = iterate_images(stored_paths, resolver, self.preprocess, batch_size,
+                                 self.workers if workers is None else workers)
         for pixels in tqdm(batches, desc="encode images", total=-(-len(stored_paths) // batch_size),
                            disable=not progress):
             with self._autocast():
@@ -330,7 +333,7 @@ def state_digest(*parts) -> str:
 
 def load_encoder(model: str = "default", pretrained: str | None = None, device: str | torch.device | None = None,
                  channels_last: bool = True, *, batch_size: int = 256, precision: str = "auto",
-                 context_length: int = 0, **open_clip_kwargs) -> Encoder:
+                 context_length: int = 0, workers: int | None = None, **open_clip_kwargs) -> Encoder:
     """Build an :class:`Encoder` (see the module docstring for what ``model`` / ``pretrained`` accept).
 
     ``pretrained`` goes through :func:`resolve_pretrained` first: for an open_clip model, none given
@@ -342,8 +345,8 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     convolutions then also use for their (contiguous) inputs: on the 2-core CPU box it makes the default
     model's EfficientNet forward + backward ~35% faster and inference ~40% faster (bench/RESULTS.md); it
     is the layout NVIDIA recommends for convolutions in bf16/fp16 too. Values are unchanged up to
-    floating-point rounding, and checkpoints load into either layout. ``batch_size``, ``precision`` and
-    ``context_length`` are the :class:`Encoder`'s.
+    floating-point rounding, and checkpoints load into either layout. ``batch_size``, ``precision``,
+    ``context_length`` and ``workers`` are the :class:`Encoder`'s.
     """
     import open_clip
 
@@ -371,7 +374,7 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     if channels_last and any(isinstance(m, torch.nn.Conv2d) for m in net.visual.modules()):
         net.visual.to(memory_format=torch.channels_last)
     return Encoder(net, open_clip.get_tokenizer(name), preprocess_train, preprocess, name, pretrained or None,
-                   device, batch_size, precision, context_length)
+                   device, batch_size, precision, context_length, workers)
 
 
 class _DropMessages(logging.Filter):

@@ -142,3 +142,43 @@ def test_cli_end_to_end_with_the_default_model(tiny_shop, tmp_path, capsys):
     assert table["name"].tolist() == ["in_domain", "novel_query", "novel_document", "zero_shot"]
     assert table["NDCG@10"].between(0, 1).all() and table["mERR"].gt(0).all()
     assert "zero_shot" in capsys.readouterr().out
+
+
+def test_published_flag_syntax():
+    assert evaluate.context_length_arg("[[77], [0]]") == 77 and evaluate.context_length_arg("64") == 64
+    with pytest.raises(Exception, match="integer"):
+        evaluate.context_length_arg("[[77], ['x']]")
+    assert evaluate.published_fields("['image_local', 'title']", "[0.9, 0.1]", ["img", "txt"], "right") == (
+        Field("image_local", 0.9), Field("title", 0.1))
+    with pytest.raises(ValueError, match="'title' is a text column"):
+        evaluate.published_fields("['title']", "[1]", ["img"], "right")
+    with pytest.raises(ValueError, match="differ in length"):
+        evaluate.published_fields("['query']", "[1, 2]", ["txt"], "left")
+
+
+def test_encoder_options_reach_the_tokenizer_and_autocast():
+    from gclcore.models import load_encoder
+
+    enc = load_encoder("default", device="cpu", context_length=8, precision="bf16", batch_size=3)
+    short, full = enc.encode_text(["a long query about red running shoes for women"] * 4), None
+    full = load_encoder("default", device="cpu").encode_text(["a long query about red running shoes for women"])
+    assert short.shape == (4, full.shape[1]) and not torch.allclose(short[0], full[0], atol=1e-3)
+    with pytest.raises(ValueError, match="precision"):
+        load_encoder("default", device="cpu", precision="int8")
+    with pytest.raises(ValueError, match="context_length 999"):
+        load_encoder("ViT-B-32", "none", device="cpu", context_length=999)
+
+
+@pytest.mark.slow
+def test_cli_takes_the_published_scripts_flags(tiny_shop, tmp_path, capsys):
+    """The flags of the publisher's shipped eval shell scripts, as written there."""
+    argv = ["--data-dir", str(tiny_shop), "--split", "novel_query", "--image-root", str(tiny_shop / "images"),
+            "--weight_key", "score_linear", "--output-dir", str(tmp_path), "--batch-size", "64", "--num_workers", "0",
+            "--left-keys", "['query']", "--right-keys", "['image_local']", "--img-or-txt", "[['txt'], ['img']]",
+            "--left-weights", "[1]", "--right-weights", "[1]", "--context-length", "[[77], [0]]", "--top-q", "5",
+            "--device", "cpu"]
+    assert evaluate.main(argv) == 0
+    ours = json.loads((tmp_path / "query_1_product_id_0" / "output.json").read_text())
+    assert ours["gclcore"]["rhs_fields"] == "image_local=1" and ours["gclcore"]["queries"] == 5
+    assert evaluate.main(argv[:-2] + ["--right-keys", "['title']", "--device", "cpu"]) == 2
+    assert "go together" not in capsys.readouterr().err
