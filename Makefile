@@ -6,6 +6,11 @@
 #                                               must be in the local cache; PRETRAINED=none: random init)
 #   make book-quick                             the whole book on the `tiny` shop (CI, a few minutes)
 #   make test                                   unit tests + the quick book
+#   make reproduce DATA_DIR=... IMAGE_ROOT=... CHECKPOINTS="a-states.pt b-states.pt"
+#                                               the released checkpoints vs the published rows, PASS/FAIL
+#                                               (TEST_CSV=query_tiny.csv CORPUS=corpus_tiny.json instead of
+#                                               DATA_DIR: the publisher's tiny test; no CHECKPOINTS: what to
+#                                               download; REPRO_MODEL=ViT-B-32 when a file name does not say)
 #   make lab                                    JupyterLab with the paired notebooks
 #   make clean                                  remove generated data, executed notebooks and HTML
 
@@ -67,7 +72,7 @@ RUN_SETS    = --set data_dir=$(NB_VALUE_data_dir) --set image_root=$(NB_VALUE_im
 # this checkout's gclcore, whatever else is installed (e.g. an editable install of another worktree)
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup test book book-quick lab clean sync-notebooks check-notebooks lint
+.PHONY: setup test book book-quick reproduce lab clean sync-notebooks check-notebooks lint
 
 setup: $(STAMP)
 
@@ -120,6 +125,24 @@ $(STAGE)/performance.md: bench/RESULTS.md
 
 $(HTML_DIR)/_build/html/index.html: _config.yml _toc.yml $(PAGES:book/%=$(STAGE)/%) $(STAGE)/performance.md $(EXECUTED)
 	$(VENV)/bin/jupyter-book build $(STAGE) --config $(abspath _config.yml) --toc $(abspath _toc.yml) --path-output $(HTML_DIR) -W --keep-going
+
+CHECKPOINTS ?=
+TEST_CSV    ?=
+CORPUS      ?=
+REPRO_MODEL ?=
+# paths go as typed (python expands ~ and resolves them against this folder); with TEST_CSV an image root
+# is passed only when given (else the one next to the CSV)
+REPRO_DATA   = $(if $(TEST_CSV),--test-csv '$(TEST_CSV)' --corpus '$(CORPUS)',--data-dir '$(DATA_DIR)') \
+               $(if $(and $(TEST_CSV),$(filter file,$(origin IMAGE_ROOT))),,--image-root '$(IMAGE_ROOT)')
+
+# exit 2 without CHECKPOINTS is the download instructions, not a failure
+reproduce: setup $(if $(and $(CHECKPOINTS),$(if $(TEST_CSV),,x)),$(DATA_STAMP))
+ifeq ($(strip $(CHECKPOINTS)),)
+	@$(PY) -m gclcore.reproduce || [ $$? -eq 2 ]
+else
+	$(PY) -m gclcore.reproduce $(REPRO_DATA) --out build/reproduce $(if $(REPRO_MODEL),--model $(REPRO_MODEL)) \
+	  $(foreach c,$(CHECKPOINTS),'$(c)')
+endif
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
