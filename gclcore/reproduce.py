@@ -167,6 +167,30 @@ def passed(table: pd.DataFrame, protocol: Protocol) -> dict[str, bool]:
             for key, group in compared.groupby("checkpoint")}
 
 
+def run(checkpoints: list[str], protocol: Protocol, *, data_dir: str | None = None, test_csv: str | None = None,
+        corpus: str | None = None, image_root: str | None = None, out: str | os.PathLike = "build/reproduce",
+        model: str | None = None, splits: str = "all", **encoder_options) -> pd.DataFrame:
+    """Evaluate ``checkpoints`` on a dataset folder (``data_dir``) or one split (``test_csv`` + ``corpus``:
+    compared with the tiny-test row) and compare them with the published rows (:func:`compare`); writes
+    ``out/measured.csv`` (every measure) and ``out/comparison.csv`` (the returned table)."""
+    if test_csv:
+        from gclcore.data import files_dataset
+
+        dataset = files_dataset(test_csv, corpus, image_root)
+        releases, top_q, published_split = protocol.tiny_releases, protocol.tiny_top_q, dataset.resolve_splits("all")[0]
+    else:
+        dataset = open_dataset(data_dir, image_root)
+        releases, top_q, published_split = protocol.releases, protocol.top_q, PUBLISHED_SPLIT
+    out = Path(out)
+    measured = pd.concat([evaluate_checkpoint(c, dataset, dataset.resolve_splits(splits), out, protocol, model=model,
+                                              top_q=top_q, **encoder_options) for c in checkpoints], ignore_index=True)
+    table = compare(measured, protocol, releases, published_split)
+    out.mkdir(parents=True, exist_ok=True)
+    measured.to_csv(out / "measured.csv", index=False)
+    table.to_csv(out / "comparison.csv", index=False)
+    return table
+
+
 def download_instructions(protocol: Protocol) -> str:
     """What to download, and the commands that then reproduce each published row."""
     lines = ["No checkpoints given. To reproduce the published rows:",
@@ -219,39 +243,25 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         urls = {checkpoint_key(k): v for k, v in protocol.downloads.items()}
         for path in missing:
-            where = urls.get(checkpoint_key(path), protocol.downloads["tiny"] if "vitl14-124" in path else None)
+            where = urls.get(checkpoint_key(path))
             print(f"error: checkpoint {path} not found" + (f"; download it from {where}" if where else ""),
                   file=sys.stderr)
         return 2
     try:
-        if args.test_csv:
-            from gclcore.data import files_dataset
-
-            dataset = files_dataset(args.test_csv, args.corpus, args.image_root)
-            releases, top_q, published_split = protocol.tiny_releases, protocol.tiny_top_q, dataset.resolve_splits("all")[0]
-        else:
-            dataset = open_dataset(args.data_dir, args.image_root)
-            releases, top_q, published_split = protocol.releases, protocol.top_q, PUBLISHED_SPLIT
-        splits = dataset.resolve_splits(args.splits)
-        out = Path(args.out)
-        measured = pd.concat([evaluate_checkpoint(c, dataset, splits, out, protocol, model=args.model, top_q=top_q,
-                                                  precision=args.precision, batch_size=args.batch_size, device=args.device)
-                              for c in args.checkpoints], ignore_index=True)
+        table = run(args.checkpoints, protocol, data_dir=args.data_dir, test_csv=args.test_csv, corpus=args.corpus,
+                    image_root=args.image_root, out=args.out, model=args.model, splits=args.splits,
+                    precision=args.precision, batch_size=args.batch_size, device=args.device)
     except (DataFormatError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    table = compare(measured, protocol, releases, published_split)
-    out.mkdir(parents=True, exist_ok=True)
-    measured.to_csv(out / "measured.csv", index=False)
-    table.to_csv(out / "comparison.csv", index=False)
     tolerance = ", ".join(f"{c} ±{t}" for c, t in protocol.tolerance.items())
-    print(f"Published rows ({published_split}) vs ours; {', '.join(f'{c} = {m}' for c, m in protocol.metrics.items())}; "
+    print(f"Published rows vs ours; {', '.join(f'{c} = {m}' for c, m in protocol.metrics.items())}; "
           f"PASS within {tolerance}:")
     print(table.fillna("-").to_string(index=False))
     verdicts = passed(table, protocol)
     for key, ok in verdicts.items():
         print(f"{key}: {'reproduced' if ok else 'NOT reproduced'} (in at least one document configuration)")
-    print(f"tables: {out / 'comparison.csv'}, every measure: {out / 'measured.csv'}")
+    print(f"tables: {Path(args.out) / 'comparison.csv'}, every measure: {Path(args.out) / 'measured.csv'}")
     return 0 if all(verdicts.values()) else 1
 
 
