@@ -31,6 +31,12 @@ IMAGE_ROOT ?= $(DATA_DIR)/images
 MODEL      ?= default
 PRETRAINED ?=
 BOOK_NAME  ?= main
+# released checkpoints for `make reproduce` and chapter 6 (space-separated), their architecture when the
+# file names do not say it, and instead of DATA_DIR one split CSV + corpus JSON (the publisher's tiny test)
+CHECKPOINTS ?=
+REPRO_MODEL ?=
+TEST_CSV    ?=
+CORPUS      ?=
 # executed notebooks + pages are staged here, HTML goes to $(HTML_DIR)/_build/html
 STAGE      := build/$(BOOK_NAME)
 HTML_DIR   ?= book
@@ -38,7 +44,7 @@ HTML_DIR   ?= book
 # training overrides for every run, e.g. RUN_OVERRIDES="epochs=2 batch_size=64"
 RUN_OVERRIDES ?=
 
-NOTEBOOKS  := 01_explore_data 02_multi_split 03_train 04_evaluate 05_paper_tables
+NOTEBOOKS  := 01_explore_data 02_multi_split 03_train 04_evaluate 05_paper_tables 06_reproduce
 EXECUTED   := $(NOTEBOOKS:%=$(STAGE)/%.ipynb)
 PAGES      := $(wildcard book/*.md)
 GCLCORE    := $(wildcard gclcore/*.py gclcore/*/*.py gclcore/model_configs/*.json)
@@ -55,6 +61,7 @@ NB_PARAMS_02_multi_split   := data_dir seed
 NB_PARAMS_03_train         := data_dir image_root model pretrained experiments_file runs_dir
 NB_PARAMS_04_evaluate      := data_dir image_root model pretrained experiments_file runs_dir
 NB_PARAMS_05_paper_tables  := data_dir image_root model pretrained experiments_file runs_dir expected_file expected_key
+NB_PARAMS_06_reproduce     := data_dir image_root checkpoints architecture expected_file
 NB_VALUE_data_dir          := $(abspath $(DATA_DIR))
 NB_VALUE_image_root        := $(abspath $(IMAGE_ROOT))
 NB_VALUE_model             := $(MODEL)
@@ -64,6 +71,8 @@ NB_VALUE_runs_dir          := $(abspath $(STAGE)/runs)
 NB_VALUE_expected_file     := $(abspath book/expected.yaml)
 NB_VALUE_expected_key      := $(EXPECTED_KEY)
 NB_VALUE_seed              := $(SEED)
+NB_VALUE_checkpoints       := $(CHECKPOINTS)
+NB_VALUE_architecture      := $(REPRO_MODEL)
 RUN_PARAMS  = $(foreach o,$(RUN_OVERRIDES),-p $(subst =, ,$(o)))
 nb_params   = $(foreach p,$(NB_PARAMS_$(1)),-p $(p) '$(NB_VALUE_$(p))') $(if $(filter 03_train,$(1)),$(RUN_PARAMS))
 RUN_SETS    = --set data_dir=$(NB_VALUE_data_dir) --set image_root=$(NB_VALUE_image_root) \

@@ -191,6 +191,47 @@ def run(checkpoints: list[str], protocol: Protocol, *, data_dir: str | None = No
     return table
 
 
+def published_table(protocol: Protocol) -> pd.DataFrame:
+    """The published rows that have a released checkpoint (what :func:`run` compares with)."""
+    return pd.DataFrame([{"method": r.method, "model": r.model, **r.published, "checkpoint": r.checkpoint}
+                         for r in protocol.releases])
+
+
+def styled(table: pd.DataFrame, protocol: Protocol):
+    """:func:`compare`'s table for a notebook: PASS green, FAIL red, nothing published blank."""
+    colours = {"PASS": "background-color: #d7f0d2", "FAIL": "background-color: #f7d4d4"}
+    verdicts = [f"{c} verdict" for c in protocol.metrics]
+    return (table.style.format(precision=4, na_rep="")
+            .map(lambda v: colours.get(v, ""), subset=verdicts).hide(axis="index"))
+
+
+def plot(table: pd.DataFrame, protocol: Protocol):
+    """Bars of our values beside the published ones (dashed), per checkpoint and measure, on the
+    published split; returns the figure (None when nothing was compared)."""
+    import matplotlib.pyplot as plt
+
+    compared = table[table[f"{next(iter(protocol.metrics))} published"].notna()]
+    if compared.empty:
+        return None
+    checkpoints = list(dict.fromkeys(compared["checkpoint"]))
+    fig, axes = plt.subplots(1, len(checkpoints), figsize=(4.5 * len(checkpoints), 3.2), squeeze=False, sharey=True)
+    for ax, key in zip(axes[0], checkpoints):
+        rows = compared[compared["checkpoint"] == key]
+        width = 0.8 / len(rows)
+        for i, row in enumerate(rows.to_dict("records")):
+            xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(protocol.metrics))]
+            ax.bar(xs, [row[c] for c in protocol.metrics], width, label=f"ours, {row['fields']}")
+        for j, column in enumerate(protocol.metrics):
+            ax.hlines(rows.iloc[0][f"{column} published"], j - 0.45, j + 0.45, colors="black", linestyles="dashed",
+                      label="published" if j == 0 else None)
+        ax.set_xticks(range(len(protocol.metrics)), list(protocol.metrics))
+        ax.set_title(key, fontsize=9)
+    axes[0][0].set_ylabel(table["split"].iloc[0] if len(set(compared["split"])) == 1 else "value")
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
 def download_instructions(protocol: Protocol) -> str:
     """What to download, and the commands that then reproduce each published row."""
     lines = ["No checkpoints given. To reproduce the published rows:",

@@ -186,3 +186,11 @@ def test_05_paper_tables(kernel_env, elsewhere, tmp_path, tiny_experiments, tiny
     text = outputs_text(nb)
     assert "is not in" not in text  # every run was there: nothing trained
     assert "nothing to check on this dataset" in text
+
+
+@pytest.mark.slow
+def test_06_reproduce_without_checkpoints_says_what_to_download(kernel_env, elsewhere, tmp_path):
+    nb = run_notebook("06_reproduce", elsewhere, tmp_path)
+    text = outputs_text(nb)
+    assert "No checkpoints given" in text and "gcl-vitb32-117-gs-full-states.pt" in text
+    assert list(elsewhere.iterdir()) == []
