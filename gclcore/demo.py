@@ -30,7 +30,7 @@ def rank_texts(encoder, image, texts: list[str], logit_scale: float | None = DEM
     image_emb = encoder.encode_images([image])
     text_emb = encoder.encode_text(texts)
     cosine = (image_emb @ text_emb.T)[0]
-    scale = float(encoder.model.logit_scale.exp()) if logit_scale is None else logit_scale
+    scale = float(encoder.model.logit_scale.detach().exp()) if logit_scale is None else logit_scale
     probability = torch.softmax(scale * cosine, dim=0)
     table = pd.DataFrame({"text": texts, "cosine": cosine.numpy(), "probability": probability.numpy()})
     return table.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
