@@ -37,11 +37,20 @@ from gclcore.data.csv_reader import (
                                  CsvReadReport,
                                  read_split_csv,
 )
-from gclcore.data.dataset import Dataset, open_dataset, split_stems
-from gclcore.data.errors import DataFormatError
+from gclcore.data.dataset import (
+                                 CsvDataset,
+                                 Dataset,
+                                 FilesDataset,
+                                 ParquetDataset,
+                                 detect_layout,
+                                 files_dataset,
+                                 open_dataset,
+                                 split_stems,
+)
+from gclcore.data.errors import DataFormatError, DataWarning, warn_once
 from gclcore.data.files import atomic_write, write_csv
-from gclcore.data.images import ImageResolver, ImageStatus, decode_image_bytes, image_basename, placeholder
-from gclcore.data.json_files import Companion, describe_json, read_companion, read_corpus
+from gclcore.data.images import ImageResolver, ImageSource, ImageStatus, decode_image_bytes, image_basename, placeholder
+from gclcore.data.json_files import EXPECTED_QRELS, Companion, describe_json, read_companion, read_corpus
 from gclcore.data.layout import (
                                  COMPANION_SUFFIXES,
                                  CORPUS_FILES,
@@ -55,16 +64,25 @@ from gclcore.data.layout import (
                                  split_halves,
                                  split_stem,
 )
-from gclcore.data.parquet import ParquetSplit, parquet_split_files, write_parquet_split
+from gclcore.data.parquet import (
+                                 ParquetImages,
+                                 ParquetSplit,
+                                 image_ref,
+                                 parquet_split_files,
+                                 parse_image_ref,
+                                 write_parquet_split,
+)
 from gclcore.data.remap import remap_corpus_images, remap_csv_images, remap_images
 from gclcore.data.validation import Finding, ValidationReport, validate
 
 __all__ = [
-    "COMPANION_SUFFIXES", "CORPUS_FILES", "CSV_COLUMNS", "FLOAT_COLUMNS", "ID_COLUMNS", "INT_COLUMNS",
+    "COMPANION_SUFFIXES", "CORPUS_FILES", "CSV_COLUMNS", "EXPECTED_QRELS", "FLOAT_COLUMNS", "ID_COLUMNS", "INT_COLUMNS",
     "PANDAS_NA_STRINGS", "REQUIRED_COLUMNS", "SPLIT_CORPUS", "SPLIT_NAMES", "SPLIT_STEMS",
-    "Companion", "CsvReadReport", "DataFormatError", "Dataset", "Finding", "ImageResolver", "ImageStatus", "ParquetSplit",
+    "Companion", "CsvDataset", "CsvReadReport", "DataFormatError", "DataWarning", "Dataset", "FilesDataset", "Finding",
+    "ImageResolver", "ImageSource", "ImageStatus", "ParquetDataset", "ParquetImages", "ParquetSplit",
     "SplitFiles", "ValidationReport", "atomic_write", "canonical_stem", "decode_image_bytes", "describe_json",
-    "image_basename", "main", "open_dataset", "parquet_split_files", "placeholder", "read_companion", "read_corpus",
+    "detect_layout", "files_dataset", "image_basename", "image_ref", "main", "open_dataset", "parquet_split_files",
+    "parse_image_ref", "placeholder", "read_companion", "read_corpus",
     "read_split_csv", "remap_corpus_images", "remap_csv_images", "remap_images", "split_files", "split_halves",
-    "split_stem", "split_stems", "validate", "write_csv", "write_parquet_split",
+    "split_stem", "split_stems", "validate", "warn_once", "write_csv", "write_parquet_split",
 ]
