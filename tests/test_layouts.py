@@ -89,7 +89,9 @@ def test_layout_detection_and_errors(layouts, tmp_path):
     shop, hf, _, zs = layouts
     assert data.open_dataset(shop).layout == "csv" and data.open_dataset(hf).layout == "parquet"
     only = data.open_dataset(zs)
-    assert only.splits == ["query_1_product_id_1"] and only.resolve_splits("all") == ["query_1_product_id_1"]
+    assert only.splits == ["query_1_product_id_1"]
+    with pytest.warns(DataWarning, match="'all' splits means the 1 this dataset ships: zero_shot"):
+        assert only.resolve_splits("all") == ["query_1_product_id_1"]
     with pytest.raises(DataFormatError, match=r"split 'in_domain' .* not in this parquet dataset \(splits present: zero_shot\)"):
         only.rows("in_domain")
     (tmp_path / "empty").mkdir()

@@ -1,14 +1,26 @@
 """The data layer: readers, the split layout, images, parquet, path remapping and validation for Marqo-GS-10M.
 
-Two published layouts are supported:
+Three layouts fill the same :class:`Dataset` methods (:func:`open_dataset` detects the first two from a
+folder; callers never ask which one they have):
 
-- **CSV layout** (``marqo-gs-dataset.tar``): four split CSVs ``query_{0,1}_product_id_{0,1}.csv``, the
-  corpora ``corpus_1.json`` / ``corpus_2.json`` and per split ``_queries.json``, ``_gt_dev.json`` and
-  ``_gt_test.json``. Image paths are the publisher's absolute paths, resolved by basename under a
-  user-given image root.
-- **Hugging Face parquet layout** (``Marqo/marqo-GS-10M``): splits ``in_domain``, ``novel_query``,
-  ``novel_document``, ``zero_shot`` with the encoded image bytes embedded; images are decoded lazily,
-  one row group at a time.
+- **CSV layout** (``marqo-gs-dataset.tar``, :class:`CsvDataset`): four split CSVs
+  ``query_{0,1}_product_id_{0,1}.csv``, the corpora ``corpus_1.json`` / ``corpus_2.json`` and per split
+  ``_queries.json``, ``_gt_dev.json`` and ``_gt_test.json``. Image paths are the publisher's absolute
+  paths, resolved by basename under a user-given image root.
+- **Hugging Face parquet layout** (``Marqo/marqo-GS-10M``, :class:`ParquetDataset`): splits ``in_domain``,
+  ``novel_query``, ``novel_document``, ``zero_shot`` (all, or only some, as in a zero-shot-only release)
+  with the encoded image bytes embedded. There is no corpus JSON: a product half's corpus is derived from
+  its splits' rows (labelled so in every output); there are no companion files. Images are references
+  decoded lazily from their row group (:class:`ParquetImages`).
+- **Explicit files** (:func:`files_dataset`, :class:`FilesDataset`): one split CSV and one corpus JSON
+  with any names (the publisher's tiny test: ``query_tiny.csv`` + ``corpus_tiny.json``); its one split is
+  named by the CSV's stem.
+
+The :class:`Dataset` interface: ``splits``, ``split_id``, ``split_name``, ``resolve_splits``, ``source``
+(for messages), ``rows``, ``corpus``, ``corpus_label`` (provenance), ``corpus_digest`` (cache keys),
+``companion``, ``ground_truth`` (shipped qrels, or None after one :class:`DataWarning`: callers fall back
+to the sampled ground truth) and ``image_resolver`` (an :class:`ImageSource`: ``load(ref) -> (image,
+status)``, ``record``, ``warn_placeholders``; picklable for DataLoader workers).
 
 Conventions every reader follows:
 
@@ -19,7 +31,8 @@ Conventions every reader follows:
 - Bad input raises :class:`DataFormatError` naming the file, row and column; nothing is dropped silently.
 
 Start from :func:`open_dataset`: one :class:`Dataset` per folder gives split rows, corpora, companion files
-and images, each file read once per process. One module per concern: :mod:`~gclcore.data.dataset`,
+and images, each file read once per process; a new layout is a new way to fill the same methods, in
+:mod:`~gclcore.data.dataset` and nowhere else. One module per concern: :mod:`~gclcore.data.dataset`,
 :mod:`~gclcore.data.layout` (splits, stems, halves, corpus of a split),
 :mod:`~gclcore.data.csv_reader`, :mod:`~gclcore.data.json_files` (corpora, companion files),
 :mod:`~gclcore.data.images`, :mod:`~gclcore.data.parquet`, :mod:`~gclcore.data.remap`,

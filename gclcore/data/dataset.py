@@ -297,7 +297,7 @@ class FilesDataset(CsvDataset):
         return [self.stem]
 
     def split_id(self, split: str) -> str:
-        if split in (self.stem, self.csv.name, "all"):
+        if split in (self.stem, self.csv.name):
             return self.stem
         raise ValueError(f"unknown split {split!r}: this dataset has one split, {self.stem!r} ({self.csv})")
 
