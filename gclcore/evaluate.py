@@ -17,7 +17,9 @@ Per split (the book's methods page, "Evaluation"):
    ``retrieval.json``, ``output.json``, ``output.csv``, plus ``per_query.csv`` for the book.
 
 ``query_set="dev"`` / ``"test"`` use the split's shipped ``_gt_dev.json`` / ``_gt_test.json`` instead of
-the sampled queries (grades as shipped).
+the sampled queries (grades as shipped); when the file is absent (always, in the parquet layout), not
+understood or keyed by unknown query ids, the sampled queries are used after one warning naming it.
+``output.json``'s ``ground_truth`` records which was used.
 
 Command line (no ``--model``: the embedded default model)::
 
@@ -51,7 +53,7 @@ import pandas as pd
 import torch
 
 from gclcore import metrics
-from gclcore.data import SPLIT_NAMES, DataFormatError, Dataset, ImageResolver, SplitFiles, atomic_write, open_dataset, split_stems
+from gclcore.data import DataFormatError, Dataset, ImageResolver, atomic_write, open_dataset, warn_once
 from gclcore.fusion import Field, Side, format_fields, parse_fields
 from gclcore.models import PRECISIONS
 from gclcore.retrieval import exact_topk
@@ -198,14 +200,14 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     ``cache_dir=False`` turns caching off (weights that keep changing).
     """
     dataset = open_dataset(data, image_root)
-    files = dataset.files(split)
+    split = dataset.split_id(split)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     frame = dataset.rows(split)
     keys = query_keys(frame, tuple(f.name for f in lhs_fields))
-    qrels = _load_or_build_qrels(frame, keys, dataset, files, out, weight_key, top_q, top_k, query_set)
+    qrels, truth = _load_or_build_qrels(frame, keys, dataset, split, out, weight_key, top_q, top_k, query_set)
     sampled = list(qrels)
     timings["qrels_s"] = time.perf_counter() - t0
 
@@ -225,12 +227,11 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     query_table = first_rows.loc[[k for k in sampled if k in first_rows.index]]
     if len(query_table) != len(sampled):  # dev/test ground truth may name queries absent from the CSV
         missing = [k for k in sampled if k not in first_rows.index]
-        raise DataFormatError(files.csv, f"{len(missing)} ground-truth queries not in the split CSV, e.g. {missing[0]!r}")
+        raise DataFormatError(dataset.source(split), f"{len(missing)} ground-truth queries not in the split, e.g. {missing[0]!r}")
     query_tag = hashlib.sha256("\n".join(sampled).encode()).hexdigest()[:16]
     query_emb = embed_items(encoder, query_table, lhs_fields, resolver, cached=field_cache("queries", query_tag))
     corpus = dataset.corpus(split)
-    corpus_tag = dataset.digest(files.corpus) + ("-" + hashlib.sha256(str(dataset.image_root).encode())
-                                                 .hexdigest()[:8] if dataset.image_root is not None else "")
+    corpus_tag = dataset.corpus_digest(split)
     corpus_emb = embed_items(encoder, corpus, rhs_fields, resolver, cached=field_cache("corpus", corpus_tag))
     timings["embed_s"] = time.perf_counter() - t1
 
@@ -258,7 +259,7 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     timings["metrics_s"] = time.perf_counter() - t3
     # the published output.json (its aggregation script reads every top-level entry as a dict of
     # metrics), with this evaluation's provenance as one more such dict
-    provenance = {"split": files.stem, "queries": len(sampled), "corpus": files.corpus.name,
+    provenance = {"split": split, "queries": len(sampled), "corpus": dataset.corpus_label(split), "ground_truth": truth,
                   "lhs_fields": format_fields(lhs_fields), "rhs_fields": format_fields(rhs_fields),
                   "query_set": query_set, "top_q": top_q, "top_k": top_k, "model_checksum": checksum,
                   "timings_s": {k: round(v, 3) for k, v in timings.items()}}
@@ -267,7 +268,7 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     per_query.to_csv(out / "per_query.csv")
     if resolver is not None:
         resolver.warn_placeholders("embedded")
-    return SplitResult(files.stem, summary, means, per_query, out, timings)
+    return SplitResult(split, summary, means, per_query, out, timings)
 
 
 def _write_json(path: Path, value) -> None:
@@ -276,32 +277,60 @@ def _write_json(path: Path, value) -> None:
         fh.write(json.dumps(value, ensure_ascii=False))
 
 
-def _load_or_build_qrels(frame, keys, dataset: Dataset, files: SplitFiles, out: Path, weight_key, top_q, top_k,
-                        query_set) -> dict:
-    gt_path = out / "gt_results.json"
+def _load_or_build_qrels(frame, keys, dataset: Dataset, split: str, out: Path, weight_key, top_q, top_k,
+                         query_set) -> tuple[dict, dict]:
+    """The split's qrels and a record of which ground truth they are (also ``out/ground_truth.json``).
+
+    ``query_set="dev"`` / ``"test"`` use the shipped ``_gt_dev.json`` / ``_gt_test.json``; when that file is
+    absent, of an unknown schema, or keyed by ids matching neither the rows' ``query_id`` nor their query
+    text, the sampled ground truth is used instead, after one warning naming the file (never an abort).
+    """
+    gt_path, truth_path = out / "gt_results.json", out / "ground_truth.json"
     if gt_path.exists():
         with open(gt_path, encoding="utf-8") as fh:
-            return json.load(fh)
-    if query_set == "sampled":
-        if weight_key in frame.columns:
-            grades = reference_grades(frame[weight_key])
-        else:
-            grades = np.ones(len(frame), dtype=np.int64)
-        qrels = build_qrels(frame, keys, grades, sample_queries(keys, grades, top_q), top_k)
-    elif query_set in ("dev", "test"):
-        judged = dataset.companion(files.stem, f"gt_{query_set}")
-        if judged.kind == "queries":
-            raise DataFormatError(judged.path, "holds query texts, not ground truth")
-        text_of = dict(zip(frame["query_id"].astype(str), keys)) if "query_id" in frame.columns else {}
-        qrels = {}
-        for qid, docs in judged.data.items():
-            key = text_of.get(qid, qid if qid.endswith(QUERY_SUFFIX) else qid + QUERY_SUFFIX)
-            ranked_docs = sorted(docs.items(), key=lambda item: -item[1])[:top_k]
-            qrels[key] = {pid: int(round(g)) for pid, g in ranked_docs}
-    else:
+            qrels = json.load(fh)
+        truth = json.loads(truth_path.read_text()) if truth_path.exists() else {"used": "reused gt_results.json"}
+        return qrels, truth
+    if query_set not in ("sampled", "dev", "test"):
         raise ValueError(f"query_set must be sampled, dev or test, not {query_set!r}")
+    qrels = None
+    if query_set in ("dev", "test"):
+        judged = dataset.ground_truth(split, f"gt_{query_set}")  # None (after one warning) when unusable
+        qrels = None if judged is None else _shipped_qrels(judged, frame, keys, top_k, dataset.source(split))
+        truth = {"query_set": query_set, "used": query_set, "source": judged.path if judged else "",
+                 "schema": judged.kind if judged else ""}
+    if qrels is None:
+        grades = reference_grades(frame[weight_key]) if weight_key in frame.columns else np.ones(len(frame), dtype=np.int64)
+        qrels = build_qrels(frame, keys, grades, sample_queries(keys, grades, top_q), top_k)
+        truth = {"query_set": query_set, "used": "sampled", "source": dataset.source(split), "top_q": top_q,
+                 "weight_key": weight_key if weight_key in frame.columns else "", "fallback": query_set != "sampled"}
     _write_json(gt_path, qrels)
-    return qrels
+    _write_json(truth_path, truth)
+    return qrels, truth
+
+
+def _shipped_qrels(judged, frame, keys, top_k, source) -> dict | None:
+    """A shipped qrels file keyed by the rows' query keys; None (after one warning) when none of its query
+    ids is a ``query_id`` or query text of the split; unmatched ids are dropped with one warning."""
+    text_of = dict(zip(frame["query_id"].astype(str), keys)) if "query_id" in frame.columns else {}
+    known = set(keys)
+    qrels, unmatched = {}, []
+    for qid, docs in judged.data.items():
+        key = text_of.get(qid, qid if qid.endswith(QUERY_SUFFIX) else qid + QUERY_SUFFIX)
+        if key not in known:
+            unmatched.append(qid)
+            continue
+        ranked_docs = sorted(docs.items(), key=lambda item: -item[1])[:top_k]
+        qrels[key] = {pid: int(round(g)) for pid, g in ranked_docs}
+    if unmatched:
+        sample = ", ".join(repr(q) for q in unmatched[:3])
+        if qrels:
+            warn_once(f"{judged.path}: {len(unmatched)} of its {len(judged.data)} query ids match no query_id or "
+                      f"query text of {source} (e.g. {sample}); those queries are left out")
+        else:
+            warn_once(f"{judged.path}: none of its {len(judged.data)} query ids matches a query_id or query text of "
+                      f"{source} (e.g. {sample}); falling back to the ground truth sampled from {source}")
+    return qrels or None
 
 
 def evaluate(encoder: TextImageEncoder, data: str | os.PathLike | Dataset, output_dir: str | os.PathLike,
@@ -310,9 +339,9 @@ def evaluate(encoder: TextImageEncoder, data: str | os.PathLike | Dataset, outpu
     write the aggregated table ``output_dir/results.csv`` (one summary row per split)."""
     dataset = open_dataset(data, image_root)
     rows = []
-    for stem in split_stems(splits):
+    for stem in dataset.resolve_splits(splits):
         result = evaluate_split(encoder, dataset, stem, Path(output_dir) / stem, **kwargs)
-        rows.append({"split": result.split, "name": SPLIT_NAMES[result.split], **result.summary})
+        rows.append({"split": result.split, "name": dataset.split_name(result.split), **result.summary})
     table = pd.DataFrame(rows)
     table.to_csv(Path(output_dir) / "results.csv", index=False)
     return table

@@ -1,8 +1,9 @@
 """Dataset statistics and figures for the book (notebooks 01 and 02 call these; nothing here computes
 results that are not shown).
 
-Inputs are a CSV-layout dataset directory (the synthetic shop or the real Marqo-GS download) and, for
-thumbnails, an image root resolved by basename.
+Inputs are a dataset folder of any layout (:func:`gclcore.data.open_dataset`: the synthetic shop, the
+real Marqo-GS download, its Hugging Face parquet copy) and, for thumbnails, the dataset (its image
+resolver) or an image root resolved by basename.
 """
 
 from __future__ import annotations
@@ -13,43 +14,52 @@ import textwrap
 import numpy as np
 import pandas as pd
 
-from gclcore.data import SPLIT_CORPUS, SPLIT_NAMES, SPLIT_STEMS, ImageResolver, open_dataset, split_halves
+from gclcore.data import (
+    SPLIT_CORPUS,
+    SPLIT_NAMES,
+    SPLIT_STEMS,
+    DataFormatError,
+    Dataset,
+    ImageResolver,
+    ImageSource,
+    open_dataset,
+    split_halves,
+)
 
 OVERVIEW_COLUMNS = ["query", "product_id", "position", "title", "image_local", "score_linear"]
 
 
 def load_rows(data_dir: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
-    """All four split CSVs stacked, with a ``split`` column (HF split name); missing splits are skipped
-    with a message, never silently."""
+    """Every split's rows stacked, with a ``split`` column (its name: the HF split name); a reference split
+    the dataset lacks is left out with a message, never silently."""
     dataset = open_dataset(data_dir)
-    frames = []
+    present = dataset.resolve_splits("all")
     for stem in SPLIT_STEMS:
-        if stem not in dataset.splits:
-            print(f"note: {dataset.root / stem}.csv not found; left out of the overview")
-            continue
-        frames.append(dataset.rows(stem, columns).assign(split=SPLIT_NAMES[stem]))
-    if not frames:
-        raise FileNotFoundError(f"no split CSVs in {data_dir}")
+        if stem not in present and dataset.layout != "files":
+            print(f"note: {dataset.root} has no {SPLIT_NAMES[stem]} split ({stem}); left out of the overview")
+    frames = [dataset.rows(split, columns).assign(split=dataset.split_name(split)) for split in present]
     return pd.concat(frames, ignore_index=True)
 
 
 def overview(rows: pd.DataFrame, data_dir: str | os.PathLike) -> pd.DataFrame:
     """Per split: rows, queries, products, results per query (mean / max), missing titles, corpus size."""
     dataset = open_dataset(data_dir)
-    corpus_sizes = {SPLIT_CORPUS[stem]: len(dataset.corpus(stem)) for stem in dataset.splits
-                    if (dataset.root / SPLIT_CORPUS[stem]).exists()}  # an absent corpus shows as NaN
     table = []
-    for stem in SPLIT_STEMS:
-        part = rows[rows["split"] == SPLIT_NAMES[stem]]
+    for stem in dataset.splits:
+        part = rows[rows["split"] == dataset.split_name(stem)]
         if part.empty:
             continue
+        try:
+            corpus_size = len(dataset.corpus(stem))
+        except DataFormatError:  # an absent corpus shows as NaN
+            corpus_size = np.nan
         per_query = part.groupby("query").size()
         table.append({
-            "split": SPLIT_NAMES[stem], "file": f"{stem}.csv", "rows": len(part),
+            "split": dataset.split_name(stem), "file": os.path.basename(dataset.source(stem)), "rows": len(part),
             "queries": part["query"].nunique(), "products": part["product_id"].nunique(),
             "results/query (mean)": round(per_query.mean(), 1), "results/query (max)": int(per_query.max()),
             "missing titles %": round(100 * part["title"].isna().mean(), 2) if "title" in part else np.nan,
-            "corpus": SPLIT_CORPUS[stem], "corpus size": corpus_sizes.get(SPLIT_CORPUS[stem], np.nan),
+            "corpus": dataset.corpus_label(stem), "corpus size": corpus_size,
         })
     return pd.DataFrame(table)
 
@@ -75,10 +85,12 @@ def plot_distributions(rows: pd.DataFrame):
     return fig
 
 
-def plot_ranked_results(rows: pd.DataFrame, image_root: str | os.PathLike, query: str | None = None,
-                        n: int = 8, seed: int = 0):
+def plot_ranked_results(rows: pd.DataFrame, images: Dataset | ImageSource | str | os.PathLike | None,
+                        query: str | None = None, n: int = 8, seed: int = 0):
     """The paper's dataset figure: one query's ranked results as thumbnails with position, score and title.
 
+    ``images``: the :class:`~gclcore.data.Dataset` the rows come from (its image resolver: files or
+    embedded parquet images), a resolver, or an image folder (stored paths resolved by basename).
     ``query`` defaults to a random query with at least ``n`` results in a single split.
     """
     import matplotlib.pyplot as plt
@@ -89,7 +101,14 @@ def plot_ranked_results(rows: pd.DataFrame, image_root: str | os.PathLike, query
         pool = candidates if len(candidates) else rows["query"].unique()
         query = str(np.random.default_rng(seed).choice(np.asarray(pool, dtype=object)))
     hits = rows[rows["query"] == query].sort_values("position").head(n)
-    resolver = ImageResolver(image_root, missing="placeholder")
+    if isinstance(images, Dataset):
+        resolver = images.image_resolver()
+    elif isinstance(images, ImageSource):
+        resolver = images
+    else:
+        resolver = ImageResolver(images, missing="placeholder") if images else None
+    if resolver is None:
+        raise FileNotFoundError(f"no images for {images}: pass image_root (the folder the images were unpacked to)")
     fig, axes = plt.subplots(1, len(hits), figsize=(2.2 * len(hits), 3.2), squeeze=False)
     for ax, (_, hit) in zip(axes[0], hits.iterrows()):
         ax.imshow(resolver.open(hit["image_local"]))

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gclcore.data import Dataset, ImageResolver, atomic_write, image_basename
+from gclcore.data import Dataset, ImageSource, atomic_write, image_basename
 from gclcore.models import state_digest as _digest
 
 
@@ -80,7 +80,7 @@ class FeatureCache:
             raise KeyError(f"image {err.args[0]!r} is not in the feature cache") from None
 
     @classmethod
-    def build(cls, encoder, texts: list[str], image_paths: list[str], resolver: ImageResolver | None,
+    def build(cls, encoder, texts: list[str], image_paths: list[str], resolver: ImageSource | None,
               cache_dir: str | os.PathLike | None = None, batch_size: int = 128, workers: int | None = None,
               progress: bool = True) -> FeatureCache:
         """Compute (or load from ``cache_dir``) trunk features for ``texts`` and ``image_paths``.
@@ -97,7 +97,7 @@ class FeatureCache:
         texts = sorted(set(texts))
         names = sorted({image_basename(p) for p in image_paths})
         trunk_sum = _digest(model.visual.trunk, model.text.transformer)
-        key = _digest(trunk_sum, "\n".join(texts), "\n".join(names), resolver.root.resolve() if resolver else "")
+        key = _digest(trunk_sum, "\n".join(texts), "\n".join(names), resolver.identity if resolver else "")
         path = Path(cache_dir) / f"trunk-features-{key}.pt" if cache_dir is not None else None
         text_index, image_index = {t: i for i, t in enumerate(texts)}, {n: i for i, n in enumerate(names)}
         if path is not None and path.exists():

@@ -1,7 +1,8 @@
 """Datasets and DataLoaders: image decoding and preprocessing run in worker processes.
 
 :class:`ImageFiles` serves preprocessed images for a list of stored (publisher) image paths. Workers
-cannot update the main process's :class:`~gclcore.data.ImageResolver` counters, so each item carries its
+cannot update the main process's resolver (:class:`~gclcore.data.ImageSource`: image files, or
+images embedded in parquet) counters, so each item carries its
 :class:`~gclcore.data.ImageStatus` and :func:`iterate_images` applies the resolver's policy (raise, or count
 and keep the placeholder) in the main process: nothing is skipped silently.
 """
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gclcore.data import ImageResolver
+from gclcore.data import ImageSource
 
 
 def default_workers() -> int:
@@ -26,7 +27,7 @@ class ImageFiles(Dataset):
     """Item i: ``(transform(image), status)`` for ``stored_paths[i]`` resolved under the resolver's root;
     a missing / undecodable image yields the transformed grey placeholder and a non-OK status."""
 
-    def __init__(self, stored_paths: list[str], resolver: ImageResolver, transform: Callable):
+    def __init__(self, stored_paths: list[str], resolver: ImageSource, transform: Callable):
         self.paths, self.resolver, self.transform = list(stored_paths), resolver, transform
 
     def __len__(self) -> int:
@@ -37,7 +38,7 @@ class ImageFiles(Dataset):
         return self.transform(image), int(status)
 
 
-def iterate_images(stored_paths: list[str], resolver: ImageResolver, transform: Callable, batch_size: int = 128,
+def iterate_images(stored_paths: list[str], resolver: ImageSource, transform: Callable, batch_size: int = 128,
                    workers: int | None = None) -> Iterator[torch.Tensor]:
     """Batches of preprocessed images in order, decoded in ``workers`` processes; problems are counted on
     ``resolver`` (and raise there if its policy is ``"error"``)."""

@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     tolerance = ", ".join(f"{c} ±{t}" for c, t in protocol.tolerance.items())
     print(f"Published rows vs ours; {', '.join(f'{c} = {m}' for c, m in protocol.metrics.items())}; "
           f"PASS within {tolerance}:")
-    print(table.fillna("-").to_string(index=False))
+    print(table.astype(object).where(table.notna(), "-").to_string(index=False))
     verdicts = passed(table, protocol)
     for key, ok in verdicts.items():
         print(f"{key}: {'reproduced' if ok else 'NOT reproduced'} (in at least one document configuration)")

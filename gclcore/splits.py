@@ -235,7 +235,7 @@ def check_splits(data_dir: str | os.PathLike, *, query_fraction: float = 0.8, pr
 
     for stem, frame in frames.items():
         a, b, _ = split_halves(stem)
-        path = data_dir / f"{stem}.csv"
+        path = Path(dataset.source(stem))
         queries[a].update(frame["query"])
         products[b].update(frame["product_id"])
         summary.rows[stem] = len(frame)

@@ -21,7 +21,8 @@
 # Marqo-GS-10M pairs ~100k Google Shopping queries with their ~100 ranked products each (image + title),
 # split four ways. This chapter describes whatever dataset the book is pointed at: by default the
 # embedded **synthetic shop** (`gclcore.synth`, same files and conventions as the real download), or the
-# real data with `make book DATA_DIR=... IMAGE_ROOT=...`.
+# real data with `make book DATA_DIR=... IMAGE_ROOT=...` (the CSV download, or the Hugging Face parquet copy,
+# whose images are embedded and whose corpora are derived from its rows).
 
 # %% tags=["parameters"]
 data_dir = ""         # the dataset folder; "" -> the embedded synthetic shop (generated on first use)
@@ -32,7 +33,7 @@ example_query = None  # a query text to show; None picks one at random
 from IPython.display import Markdown, display
 
 from gclcore import explore, paths
-from gclcore.data import validate
+from gclcore.data import open_dataset, validate
 
 data_dir = paths.resolve_data_dir(data_dir)
 image_root = paths.resolve_image_root(image_root, data_dir)
@@ -63,4 +64,4 @@ explore.plot_distributions(rows);
 # The paper's dataset figure: thumbnails of a query's results in ranked order with their score and title.
 
 # %%
-explore.plot_ranked_results(rows, image_root, query=example_query, n=8);
+explore.plot_ranked_results(rows, open_dataset(data_dir, image_root), query=example_query, n=8);

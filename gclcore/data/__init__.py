@@ -1,14 +1,26 @@
 """The data layer: readers, the split layout, images, parquet, path remapping and validation for Marqo-GS-10M.
 
-Two published layouts are supported:
+Three layouts fill the same :class:`Dataset` methods (:func:`open_dataset` detects the first two from a
+folder; callers never ask which one they have):
 
-- **CSV layout** (``marqo-gs-dataset.tar``): four split CSVs ``query_{0,1}_product_id_{0,1}.csv``, the
-  corpora ``corpus_1.json`` / ``corpus_2.json`` and per split ``_queries.json``, ``_gt_dev.json`` and
-  ``_gt_test.json``. Image paths are the publisher's absolute paths, resolved by basename under a
-  user-given image root.
-- **Hugging Face parquet layout** (``Marqo/marqo-GS-10M``): splits ``in_domain``, ``novel_query``,
-  ``novel_document``, ``zero_shot`` with the encoded image bytes embedded; images are decoded lazily,
-  one row group at a time.
+- **CSV layout** (``marqo-gs-dataset.tar``, :class:`CsvDataset`): four split CSVs
+  ``query_{0,1}_product_id_{0,1}.csv``, the corpora ``corpus_1.json`` / ``corpus_2.json`` and per split
+  ``_queries.json``, ``_gt_dev.json`` and ``_gt_test.json``. Image paths are the publisher's absolute
+  paths, resolved by basename under a user-given image root.
+- **Hugging Face parquet layout** (``Marqo/marqo-GS-10M``, :class:`ParquetDataset`): splits ``in_domain``,
+  ``novel_query``, ``novel_document``, ``zero_shot`` (all, or only some, as in a zero-shot-only release)
+  with the encoded image bytes embedded. There is no corpus JSON: a product half's corpus is derived from
+  its splits' rows (labelled so in every output); there are no companion files. Images are references
+  decoded lazily from their row group (:class:`ParquetImages`).
+- **Explicit files** (:func:`files_dataset`, :class:`FilesDataset`): one split CSV and one corpus JSON
+  with any names (the publisher's tiny test: ``query_tiny.csv`` + ``corpus_tiny.json``); its one split is
+  named by the CSV's stem.
+
+The :class:`Dataset` interface: ``splits``, ``split_id``, ``split_name``, ``resolve_splits``, ``source``
+(for messages), ``rows``, ``corpus``, ``corpus_label`` (provenance), ``corpus_digest`` (cache keys),
+``companion``, ``ground_truth`` (shipped qrels, or None after one :class:`DataWarning`: callers fall back
+to the sampled ground truth) and ``image_resolver`` (an :class:`ImageSource`: ``load(ref) -> (image,
+status)``, ``record``, ``warn_placeholders``; picklable for DataLoader workers).
 
 Conventions every reader follows:
 
@@ -19,7 +31,8 @@ Conventions every reader follows:
 - Bad input raises :class:`DataFormatError` naming the file, row and column; nothing is dropped silently.
 
 Start from :func:`open_dataset`: one :class:`Dataset` per folder gives split rows, corpora, companion files
-and images, each file read once per process. One module per concern: :mod:`~gclcore.data.dataset`,
+and images, each file read once per process; a new layout is a new way to fill the same methods, in
+:mod:`~gclcore.data.dataset` and nowhere else. One module per concern: :mod:`~gclcore.data.dataset`,
 :mod:`~gclcore.data.layout` (splits, stems, halves, corpus of a split),
 :mod:`~gclcore.data.csv_reader`, :mod:`~gclcore.data.json_files` (corpora, companion files),
 :mod:`~gclcore.data.images`, :mod:`~gclcore.data.parquet`, :mod:`~gclcore.data.remap`,
@@ -37,11 +50,20 @@ from gclcore.data.csv_reader import (
                                  CsvReadReport,
                                  read_split_csv,
 )
-from gclcore.data.dataset import Dataset, open_dataset, split_stems
-from gclcore.data.errors import DataFormatError
+from gclcore.data.dataset import (
+                                 CsvDataset,
+                                 Dataset,
+                                 FilesDataset,
+                                 ParquetDataset,
+                                 detect_layout,
+                                 files_dataset,
+                                 open_dataset,
+                                 split_stems,
+)
+from gclcore.data.errors import DataFormatError, DataWarning, warn_once
 from gclcore.data.files import atomic_write, write_csv
-from gclcore.data.images import ImageResolver, ImageStatus, decode_image_bytes, image_basename, placeholder
-from gclcore.data.json_files import Companion, describe_json, read_companion, read_corpus
+from gclcore.data.images import ImageResolver, ImageSource, ImageStatus, decode_image_bytes, image_basename, placeholder
+from gclcore.data.json_files import EXPECTED_QRELS, Companion, describe_json, read_companion, read_corpus
 from gclcore.data.layout import (
                                  COMPANION_SUFFIXES,
                                  CORPUS_FILES,
@@ -55,16 +77,25 @@ from gclcore.data.layout import (
                                  split_halves,
                                  split_stem,
 )
-from gclcore.data.parquet import ParquetSplit, parquet_split_files, write_parquet_split
+from gclcore.data.parquet import (
+                                 ParquetImages,
+                                 ParquetSplit,
+                                 image_ref,
+                                 parquet_split_files,
+                                 parse_image_ref,
+                                 write_parquet_split,
+)
 from gclcore.data.remap import remap_corpus_images, remap_csv_images, remap_images
 from gclcore.data.validation import Finding, ValidationReport, validate
 
 __all__ = [
-    "COMPANION_SUFFIXES", "CORPUS_FILES", "CSV_COLUMNS", "FLOAT_COLUMNS", "ID_COLUMNS", "INT_COLUMNS",
+    "COMPANION_SUFFIXES", "CORPUS_FILES", "CSV_COLUMNS", "EXPECTED_QRELS", "FLOAT_COLUMNS", "ID_COLUMNS", "INT_COLUMNS",
     "PANDAS_NA_STRINGS", "REQUIRED_COLUMNS", "SPLIT_CORPUS", "SPLIT_NAMES", "SPLIT_STEMS",
-    "Companion", "CsvReadReport", "DataFormatError", "Dataset", "Finding", "ImageResolver", "ImageStatus", "ParquetSplit",
+    "Companion", "CsvDataset", "CsvReadReport", "DataFormatError", "DataWarning", "Dataset", "FilesDataset", "Finding",
+    "ImageResolver", "ImageSource", "ImageStatus", "ParquetDataset", "ParquetImages", "ParquetSplit",
     "SplitFiles", "ValidationReport", "atomic_write", "canonical_stem", "decode_image_bytes", "describe_json",
-    "image_basename", "main", "open_dataset", "parquet_split_files", "placeholder", "read_companion", "read_corpus",
+    "detect_layout", "files_dataset", "image_basename", "image_ref", "main", "open_dataset", "parquet_split_files",
+    "parse_image_ref", "placeholder", "read_companion", "read_corpus",
     "read_split_csv", "remap_corpus_images", "remap_csv_images", "remap_images", "split_files", "split_halves",
-    "split_stem", "split_stems", "validate", "write_csv", "write_parquet_split",
+    "split_stem", "split_stems", "validate", "warn_once", "write_csv", "write_parquet_split",
 ]

@@ -1,8 +1,10 @@
 """The data layer's command line (``python -m gclcore.data``)::
 
-    python -m gclcore.data validate DATA_DIR [--image-root DIR]
+    python -m gclcore.data validate DATA_DIR [--image-root DIR]     # a CSV-layout or HF parquet folder
     python -m gclcore.data remap-images DATA_DIR IMAGE_DIR
-    python -m gclcore.data to-parquet DATA_DIR OUT_DIR --image-root DIR
+    python -m gclcore.data to-parquet DATA_DIR OUT_DIR --image-root DIR [--row-group-size N]
+
+``to-parquet`` converts the split CSVs present (streaming: one row group of images in memory at a time).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p_pq.add_argument("data_dir")
     p_pq.add_argument("out_dir")
     p_pq.add_argument("--image-root", required=True)
+    p_pq.add_argument("--row-group-size", type=int, default=1000,
+                      help="rows per parquet row group: at most this many images are held in memory at once")
     args = parser.parse_args(argv)
 
     try:
@@ -48,10 +52,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path}: {count:,} paths rewritten")
             return 0
         resolver = ImageResolver(args.image_root)
-        for stem in SPLIT_STEMS:
+        present = [s for s in SPLIT_STEMS if (Path(args.data_dir) / f"{s}.csv").exists()]
+        if not present:
+            raise DataFormatError(args.data_dir, "no split CSVs to convert",
+                                  fix=f"point DATA_DIR at the folder holding {', '.join(s + '.csv' for s in SPLIT_STEMS)}")
+        for stem in present:
             frame = read_split_csv(split_files(args.data_dir, stem).csv)
             out = Path(args.out_dir) / "data" / f"{SPLIT_NAMES[stem]}-00000-of-00001.parquet"
-            write_parquet_split(frame, resolver, out)
+            write_parquet_split(frame, resolver, out, row_group_size=args.row_group_size)
             print(f"{out}: {len(frame):,} rows")
         return 0
     except DataFormatError as err:

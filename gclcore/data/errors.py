@@ -24,3 +24,27 @@ class DataFormatError(ValueError):
         if fix:
             text += f"\n  fix: {fix}"
         super().__init__(text)
+
+
+class DataWarning(UserWarning):
+    """Input the data layer can work around (e.g. an unrecognised companion file), said once per process."""
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str, key: str | None = None) -> bool:
+    """Issue ``message`` as a :class:`DataWarning` (printed to stderr by Python's default filters) the first
+    time ``key`` (default: the message itself) is seen in this process; later calls are silent.
+
+    Returns True when the warning was issued. Evaluation during training repeats the same fallback at
+    every step; this keeps it to one warning.
+    """
+    import warnings
+
+    key = message if key is None else key
+    if key in _WARNED:
+        return False
+    _WARNED.add(key)
+    warnings.warn(message, DataWarning, stacklevel=3)
+    return True

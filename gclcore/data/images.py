@@ -1,12 +1,13 @@
 """Images: the publisher's stored paths resolved by basename under a user-given root, one load status, one placeholder.
 
 Stored image paths are the publisher's absolute paths (``/MarqoData/...``); they are never opened as
-such. :class:`ImageResolver` maps them to ``image_root / basename``. Loading never raises for a bad file:
-it returns the grey :func:`placeholder` and an :class:`ImageStatus` (safe in DataLoader workers, which
-cannot update counters); :meth:`ImageResolver.record` counts the problem in the main process and applies
-the policy (raise, or keep the placeholder); :meth:`ImageResolver.warn_placeholders` tells the user how
-many were substituted. Evaluation, training and exploration all go through these, so nothing is
-skipped silently.
+such. :class:`ImageResolver` maps them to ``image_root / basename``; the parquet layout's
+:class:`~gclcore.data.parquet.ParquetImages` decodes embedded bytes instead, behind the same
+:class:`ImageSource` contract. Loading never raises for a bad file: it returns the grey :func:`placeholder`
+and an :class:`ImageStatus` (safe in DataLoader workers, which cannot update counters);
+:meth:`ImageSource.record` counts the problem in the main process and applies the policy (raise, or keep
+the placeholder); :meth:`ImageSource.warn_placeholders` tells the user how many were substituted.
+Evaluation, training and exploration all go through these, so nothing is skipped silently.
 """
 
 from __future__ import annotations
@@ -44,48 +45,37 @@ def placeholder(size: int = 224):
     return Image.new("RGB", (size, size), PLACEHOLDER_GREY)
 
 
-class ImageResolver:
-    """Resolves publisher image paths by basename under a user-given image root; never opens the stored path.
+class ImageSource:
+    """What every image resolver shares: a load status per image, counted in the main process.
 
+    Subclasses implement :meth:`load` (never raises, safe in DataLoader workers), :meth:`where` (what an
+    error message names) and :attr:`identity` (a cache key: the same identity means the same images).
     ``missing``: what :meth:`record` (and so :meth:`open`) does with an absent or undecodable image --
     ``"error"`` raises, ``"placeholder"`` keeps the grey :func:`placeholder`. Either way
     :attr:`missing_count` and :attr:`unreadable_count` count them, so nothing is skipped silently.
+    Resolvers are picklable (DataLoader workers get a copy; their counts stay with the main process's).
     """
 
-    def __init__(self, image_root: str | os.PathLike, missing: Literal["error", "placeholder"] = "error",
-                 placeholder_size: int = 224):
-        self.root = Path(image_root)
-        if not self.root.is_dir():
-            raise DataFormatError(self.root, "image root is not a directory",
-                                  fix="pass the folder the image archive was unpacked to")
+    root: Path
+
+    def __init__(self, missing: Literal["error", "placeholder"] = "error", placeholder_size: int = 224):
         self.missing = missing
         self.placeholder_size = placeholder_size
         self.missing_count = 0
         self.unreadable_count = 0
 
-    def resolve(self, stored_path: str) -> Path:
-        """``image_root / basename(stored_path)``."""
-        return self.root / image_basename(stored_path)
+    @property
+    def identity(self) -> str:
+        """A string that changes when the images behind the references may have changed (cache keys)."""
+        return str(self.root.resolve())
 
-    def load(self, stored_path) -> tuple:
-        """``(RGB image, status)``: the decoded image (by content, not extension) and OK, or the placeholder
-        and MISSING / UNREADABLE (a stored value that is not a string, e.g. NaN, is MISSING).
+    def load(self, stored) -> tuple:
+        """``(RGB image, status)``; the placeholder and MISSING / UNREADABLE on failure. Never raises."""
+        raise NotImplementedError
 
-        Counts nothing and never raises: safe in worker processes; pass the status to :meth:`record`.
-        """
-        from PIL import Image, UnidentifiedImageError
-
-        if isinstance(stored_path, str) and stored_path:
-            try:
-                with Image.open(self.resolve(stored_path)) as img:
-                    return img.convert("RGB"), ImageStatus.OK
-            except FileNotFoundError:
-                status = ImageStatus.MISSING
-            except (UnidentifiedImageError, OSError):
-                status = ImageStatus.UNREADABLE
-        else:  # no stored path at all (NaN, None, "")
-            status = ImageStatus.MISSING
-        return placeholder(self.placeholder_size), status
+    def where(self, stored) -> str:
+        """What an error about ``stored`` names (a file, or a file and row)."""
+        raise NotImplementedError
 
     def record(self, stored_path, status: ImageStatus | int) -> None:
         """Count a non-OK status from :meth:`load` and apply the policy (raise if ``missing="error"``)."""
@@ -98,7 +88,7 @@ class ImageResolver:
             self.unreadable_count += 1
         if self.missing == "error":
             shown = stored_path if isinstance(stored_path, str) else ""
-            raise DataFormatError(self.resolve(shown), f"image {status.name.lower()} (stored path {stored_path!r})",
+            raise DataFormatError(self.where(shown), f"image {status.name.lower()} (stored path {stored_path!r})",
                                   fix="check --image-root, or use missing='placeholder' to substitute and count")
 
     def record_batch(self, stored_paths, statuses) -> None:
@@ -119,6 +109,49 @@ class ImageResolver:
         if self.missing_count or self.unreadable_count:
             print(f"warning: {self.missing_count} missing and {self.unreadable_count} unreadable images under "
                   f"{self.root} were {what} as grey placeholders", file=sys.stderr)
+
+
+class ImageResolver(ImageSource):
+    """Resolves publisher image paths by basename under a user-given image root; never opens the stored path.
+
+    ``missing``: the policy of :meth:`ImageSource.record` (``"error"`` raises, ``"placeholder"`` counts
+    and substitutes the grey :func:`placeholder`).
+    """
+
+    def __init__(self, image_root: str | os.PathLike, missing: Literal["error", "placeholder"] = "error",
+                 placeholder_size: int = 224):
+        super().__init__(missing, placeholder_size)
+        self.root = Path(image_root)
+        if not self.root.is_dir():
+            raise DataFormatError(self.root, "image root is not a directory",
+                                  fix="pass the folder the image archive was unpacked to")
+
+    def resolve(self, stored_path: str) -> Path:
+        """``image_root / basename(stored_path)``."""
+        return self.root / image_basename(stored_path)
+
+    def where(self, stored) -> str:
+        return str(self.resolve(stored))
+
+    def load(self, stored_path) -> tuple:
+        """``(RGB image, status)``: the decoded image (by content, not extension) and OK, or the placeholder
+        and MISSING / UNREADABLE (a stored value that is not a string, e.g. NaN, is MISSING).
+
+        Counts nothing and never raises: safe in worker processes; pass the status to :meth:`record`.
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        if isinstance(stored_path, str) and stored_path:
+            try:
+                with Image.open(self.resolve(stored_path)) as img:
+                    return img.convert("RGB"), ImageStatus.OK
+            except FileNotFoundError:
+                status = ImageStatus.MISSING
+            except (UnidentifiedImageError, OSError):
+                status = ImageStatus.UNREADABLE
+        else:  # no stored path at all (NaN, None, "")
+            status = ImageStatus.MISSING
+        return placeholder(self.placeholder_size), status
 
 
 def decode_image_bytes(data: bytes):

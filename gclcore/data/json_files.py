@@ -84,6 +84,10 @@ class Companion:
     shape: str
 
 
+EXPECTED_QRELS = ("{query_id: {product_id: grade}}, {query_id: [product_id, ...]} or a list of records with a "
+                  "query id and a product id (and optionally a grade)")
+"""The ground-truth schemas :func:`read_companion` recognises (named in fallback warnings)."""
+
 _QUERY_KEYS = ("query_id", "qid", "query-id", "query")
 _DOC_KEYS = ("product_id", "doc_id", "docid", "corpus-id", "corpus_id", "pid")
 _GRADE_KEYS = ("score", "grade", "relevance", "score_linear", "label")

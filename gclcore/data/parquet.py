@@ -1,5 +1,13 @@
 """The Hugging Face parquet layout (``Marqo/marqo-GS-10M``): splits with the encoded images embedded,
 decoded lazily one row group at a time.
+
+- :class:`ParquetSplit`: one split's shards; the non-image columns as a frame, one row's image on demand.
+- :class:`ParquetImages`: the image resolver of a parquet dataset (the :class:`~gclcore.data.images.ImageSource`
+  contract, picklable for DataLoader workers). Its references are strings :func:`image_ref` makes,
+  ``"<split name>#<row, 10 digits>"``; the zero-padded row keeps sorted references in file order, so a
+  sorted pass (the feature cache) reads each row group once.
+- :func:`write_parquet_split`: the CSV layout's rows with their image files embedded, written one row
+  group at a time (at most ``row_group_size`` images in memory).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import pyarrow.parquet as pq
 from gclcore.data.csv_reader import FLOAT_COLUMNS, ID_COLUMNS, INT_COLUMNS, to_text
 from gclcore.data.errors import DataFormatError
 from gclcore.data.files import atomic_write
-from gclcore.data.images import ImageResolver, decode_image_bytes
+from gclcore.data.images import ImageResolver, ImageSource, ImageStatus, decode_image_bytes, placeholder
 from gclcore.data.layout import SPLIT_NAMES
 
 
@@ -45,8 +53,8 @@ class ParquetSplit:
     holds it (the last row group read is cached, so sequential access reads each group once).
     """
 
-    def __init__(self, root: str | os.PathLike, split: str):
-        self.files = parquet_split_files(root, split)
+    def __init__(self, root: str | os.PathLike, split: str, files: list[Path] | None = None):
+        self.files = list(files) if files is not None else parquet_split_files(root, split)
         self._parquet = [pq.ParquetFile(f) for f in self.files]
         # global row offset of every (file, row group)
         self._groups: list[tuple[int, int]] = []
@@ -108,19 +116,123 @@ class ParquetSplit:
         return decode_image_bytes(self.image_bytes(row))
 
 
+REF_SEPARATOR = "#"
+
+
+def image_ref(split_name: str, row: int) -> str:
+    """The reference of row ``row``'s image in split ``split_name`` (``"zero_shot#0000000042"``)."""
+    return f"{split_name}{REF_SEPARATOR}{row:010d}"
+
+
+def parse_image_ref(ref) -> tuple[str, int]:
+    """``image_ref``'s inverse; raises ValueError for anything else (e.g. a stored file path)."""
+    if not isinstance(ref, str) or REF_SEPARATOR not in ref:
+        raise ValueError(f"not a parquet image reference: {ref!r}")
+    name, _, row = ref.rpartition(REF_SEPARATOR)
+    if name not in SPLIT_NAMES.values() or not row.isdigit():
+        raise ValueError(f"not a parquet image reference: {ref!r}")
+    return name, int(row)
+
+
+class ParquetImages(ImageSource):
+    """Decodes the embedded image of a reference (:func:`image_ref`) from its parquet row group, on demand.
+
+    Args:
+        root: the dataset folder (named in messages and part of :attr:`identity`).
+        shards: HF split name -> its parquet files, in order.
+        missing: the policy of :meth:`record` (``"placeholder"`` or ``"error"``).
+
+    Only the row group holding the requested row is read (and the last one is kept, per split), so
+    memory holds one row group's images per split, never a whole split's. Pickling drops the open files:
+    each DataLoader worker opens its own.
+    """
+
+    def __init__(self, root: str | os.PathLike, shards: dict[str, list[Path]],
+                 missing: str = "placeholder", placeholder_size: int = 224):
+        super().__init__(missing, placeholder_size)
+        self.root = Path(root)
+        self.shards = {name: [Path(f) for f in files] for name, files in shards.items()}
+        self._splits: dict[str, ParquetSplit] = {}
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_splits"] = {}
+        return state
+
+    @property
+    def identity(self) -> str:
+        stamps = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
+                  for name in sorted(self.shards) for f in self.shards[name]]
+        return f"parquet:{self.root.resolve()}:{stamps}"
+
+    def split(self, name: str) -> ParquetSplit:
+        """The (lazily opened) :class:`ParquetSplit` of HF split ``name``."""
+        if name not in self._splits:
+            if name not in self.shards:
+                raise KeyError(name)
+            self._splits[name] = ParquetSplit(self.root, name, files=self.shards[name])
+        return self._splits[name]
+
+    def where(self, stored) -> str:
+        try:
+            name, row = parse_image_ref(stored)
+        except ValueError:
+            return f"{self.root} (image reference {stored!r})"
+        return f"{self.root} ({name} row {row + 1})"
+
+    def load(self, stored) -> tuple:
+        """``(RGB image, status)`` of a reference: OK, MISSING (not a reference, no such split or row, no
+        bytes) or UNREADABLE (bytes that do not decode). Counts nothing and never raises."""
+        try:
+            name, row = parse_image_ref(stored)
+            data = self.split(name).image_bytes(row)
+        except (ValueError, KeyError, IndexError):  # DataFormatError is a ValueError
+            return placeholder(self.placeholder_size), ImageStatus.MISSING
+        try:
+            return decode_image_bytes(data), ImageStatus.OK
+        except OSError:  # PIL's UnidentifiedImageError is an OSError
+            return placeholder(self.placeholder_size), ImageStatus.UNREADABLE
+
+
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+"""The Hugging Face ``Image`` feature as stored in parquet."""
+
+
 def write_parquet_split(frame: pd.DataFrame, resolver: ImageResolver, out_path: str | os.PathLike,
                         row_group_size: int = 1000) -> None:
     """Write a split in the Hugging Face layout: the CSV columns with ``image_local`` replaced by an
-    ``image`` struct ``{bytes, path}`` holding the encoded file as is (no re-encoding)."""
+    ``image`` struct ``{bytes, path}`` (first column) holding the encoded file as is (no re-encoding).
+
+    Streams: each row group's images are read, written and released before the next group's, so memory
+    holds at most ``row_group_size`` images whatever the split's size. A missing image raises
+    :class:`DataFormatError` naming the row (``resolver.missing == "placeholder"``: a null image instead,
+    counted on the resolver). The file is replaced atomically.
+    """
     columns = [c for c in frame.columns if c != "image_local"]
-    images = []
-    for stored in frame["image_local"]:
-        path = resolver.resolve(stored)
-        images.append({"bytes": path.read_bytes(), "path": path.name})
-    table = pa.Table.from_pandas(frame[columns], preserve_index=False)
-    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    table = table.add_column(0, "image", pa.array(images, type=image_type))
+    schema = pa.Schema.from_pandas(frame[columns], preserve_index=False).insert(0, pa.field("image", IMAGE_TYPE))
+    stored = frame["image_local"].astype(object).tolist() if "image_local" in frame.columns else [None] * len(frame)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out_path, binary=True) as fh:
-        pq.write_table(table, fh, row_group_size=row_group_size)
+    with atomic_write(out_path, binary=True) as fh, pq.ParquetWriter(fh, schema) as writer:
+        for start in range(0, max(len(frame), 1), row_group_size):
+            chunk = frame.iloc[start:start + row_group_size]
+            images = [_embedded_image(resolver, stored[i], out_path, i) for i in range(start, start + len(chunk))]
+            table = pa.Table.from_pandas(chunk[columns], schema=schema.remove(0), preserve_index=False)
+            table = table.add_column(0, schema.field("image"), pa.array(images, type=IMAGE_TYPE))
+            writer.write_table(table, row_group_size=row_group_size)
+
+
+def _embedded_image(resolver: ImageResolver, stored, out_path: Path, index: int) -> dict | None:
+    """``{bytes, path}`` of one row's image file, or None (missing, under the placeholder policy)."""
+    path = resolver.resolve(stored) if isinstance(stored, str) and stored else None
+    try:
+        if path is None:
+            raise FileNotFoundError
+        return {"bytes": path.read_bytes(), "path": path.name}
+    except FileNotFoundError:
+        if resolver.missing == "error":
+            raise DataFormatError(resolver.where(stored) if path is not None else out_path,
+                                  f"no image file for row {index + 1} (stored path {stored!r})", row=index + 1,
+                                  column="image_local", fix="check --image-root (images are found by basename)") from None
+        resolver.record(stored, ImageStatus.MISSING)
+        return None

@@ -1,5 +1,5 @@
-"""Checks of a CSV-layout dataset directory (``python -m gclcore.data validate``), with counts and the first
-file, row and column of each problem.
+"""Checks of a dataset directory (``python -m gclcore.data validate``), CSV layout or Hugging Face parquet
+layout, with counts and the first file, row and column of each problem.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from gclcore.data.csv_reader import (
     read_split_csv,
     to_text,
 )
+from gclcore.data.dataset import ParquetDataset, detect_layout
 from gclcore.data.errors import DataFormatError
 from gclcore.data.images import image_basename
 from gclcore.data.json_files import read_companion, read_corpus
-from gclcore.data.layout import COMPANION_SUFFIXES, SPLIT_CORPUS, SPLIT_STEMS
+from gclcore.data.layout import COMPANION_SUFFIXES, SPLIT_CORPUS, SPLIT_NAMES, SPLIT_STEMS, split_halves
 
 
 @dataclass
@@ -84,18 +85,25 @@ class ValidationReport:
 
 def validate(data_dir: str | os.PathLike, image_root: str | os.PathLike | None = None,
              decode_limit: int = 1000, progress: bool = True) -> ValidationReport:
-    """Check a CSV-layout dataset directory; see ``python -m gclcore.data validate --help``.
+    """Check a dataset directory (CSV or parquet layout, detected); see ``python -m gclcore.data validate --help``.
 
     Checks per split CSV: required and expected columns, malformed and unparsable rows, empty ids,
     duplicate (query, product) pairs, positions < 1, scores outside 1..100 / (0, 1], products absent
     from the paired corpus; per corpus: entries without an image; per companion file: its structure;
     with ``image_root``: missing images (all referenced files) and undecodable images (the first
-    ``decode_limit`` of them, 0 for all).
+    ``decode_limit`` of them, 0 for all). A parquet folder is checked by :func:`validate_parquet`.
     """
     from tqdm.auto import tqdm
 
     data_dir = Path(data_dir)
     report = ValidationReport()
+    if data_dir.is_dir() and not any((data_dir / f"{s}.csv").exists() for s in SPLIT_STEMS):
+        try:
+            if detect_layout(data_dir) == "parquet":
+                return validate_parquet(data_dir, image_root, decode_limit, progress)
+        except DataFormatError as err:
+            report.add("error", "no split CSVs or parquet shards found", data_dir, 1, example=str(err))
+            return report
     present = [s for s in SPLIT_STEMS if (data_dir / f"{s}.csv").exists()]
     if not present:
         report.add("error", "no split CSVs found", data_dir, 1,
@@ -246,3 +254,114 @@ def _validate_images(root: Path, images: dict[str, str], decode_limit: int, repo
                    example=f"{root / unreadable[0]} (decoded {len(to_decode):,} of {len(present):,})")
     report.stats["images"] = {"referenced": len(names), "missing": len(missing), "decoded": len(to_decode),
                               "unreadable": len(unreadable)}
+
+
+_ID_TYPES_OK = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer)
+
+
+def validate_parquet(data_dir: str | os.PathLike, image_root: str | os.PathLike | None = None,
+                     decode_limit: int = 1000, progress: bool = True) -> ValidationReport:
+    """Check a Hugging Face parquet folder (any subset of the four splits).
+
+    Per split: shards and row counts, required and expected columns, id column types (string or integer;
+    a float id has lost digits), empty ids, duplicate (query, product) pairs, positions < 1, scores outside
+    1..100 / (0, 1], missing titles, rows without image bytes (from the row groups' statistics: no image
+    is read); per product half: the corpus derived from the rows (its size; a warning that it is derived);
+    images: the first ``decode_limit`` products' images (0: all) decoded, one row group at a time.
+    """
+    from tqdm.auto import tqdm
+
+    report = ValidationReport()
+    dataset = ParquetDataset(data_dir)
+    if image_root:
+        report.add("warning", "image root ignored (images are embedded in the parquet shards)", image_root, 1)
+    for stem in SPLIT_STEMS:
+        if stem not in dataset.splits:
+            report.add("warning", "split absent", dataset.root, 1, example=f"no shards for {SPLIT_NAMES[stem]}")
+    for stem in tqdm(dataset.splits, desc="validate splits", disable=not progress):
+        _validate_parquet_split(dataset, stem, report)
+    refs: list[str] = []
+    for half in (0, 1):
+        stems = [s for s in dataset.splits if split_halves(s)[1] == half]
+        if not stems:
+            continue
+        try:
+            corpus = dataset._half_corpus(half)
+        except DataFormatError as err:
+            report.add("error", "corpus cannot be derived", dataset.source(stems[0]), 1, example=str(err))
+            continue
+        names = " + ".join(SPLIT_NAMES[s] for s in stems)
+        report.stats[f"corpus of product half {half} (derived from {names})"] = {"products": len(corpus)}
+        report.add("warning", f"no corpus_{half + 1}.json in the parquet layout: corpus derived from the rows of "
+                              f"{names}", dataset.root, 1)
+        refs += corpus["image_local"].dropna().tolist()
+    to_decode = sorted(refs) if decode_limit == 0 else sorted(refs)[:: max(1, -(-len(refs) // decode_limit))]
+    resolver = dataset.image_resolver()
+    bad: dict[str, list[str]] = {"missing": [], "unreadable": []}
+    for ref in tqdm(to_decode, desc="decode images", disable=not progress):
+        _, status = resolver.load(ref)
+        if status:
+            bad["missing" if status == 1 else "unreadable"].append(ref)
+    for kind, found in bad.items():
+        if found:
+            report.add("error", f"{kind} images", resolver.where(found[0]), len(found), column="image",
+                       example=f"{found[0]} (decoded {len(to_decode):,} of {len(refs):,} products' images)")
+    report.stats["images"] = {"products": len(refs), "decoded": len(to_decode), "missing": len(bad["missing"]),
+                              "unreadable": len(bad["unreadable"])}
+    return report
+
+
+def _validate_parquet_split(dataset, stem: str, report: ValidationReport) -> None:
+    try:
+        split = dataset.parquet_split(stem)
+    except (DataFormatError, OSError, pa.ArrowInvalid) as err:
+        report.add("error", "unreadable parquet shards", dataset.source(stem), 1, example=str(err))
+        return
+    path = dataset.source(stem)
+    schema = split._parquet[0].schema_arrow
+    for name in ("query", "product_id", "position", "title", "score_linear", "image"):
+        if name not in schema.names:
+            report.add("error" if name in REQUIRED_COLUMNS + ("score_linear",) else "warning", "missing column",
+                       path, 1, column=name)
+    if any(c not in schema.names for c in REQUIRED_COLUMNS):
+        return
+    for name in ("product_id", "query_id", "pair_id"):
+        if name in schema.names and not any(ok(schema.field(name).type) for ok in _ID_TYPES_OK):
+            report.add("error", "id column neither string nor integer (digits may be lost)", path, 1, column=name,
+                       example=str(schema.field(name).type))
+    columns = [c for c in split.columns if c != "image" and (c in REQUIRED_COLUMNS or c in INT_COLUMNS + FLOAT_COLUMNS
+                                                              or c == "title")]
+    frame = split.frame(columns)
+    report.stats[SPLIT_NAMES[stem]] = {"rows": len(frame), "shards": len(split.files),
+                                       "row groups": len(split._groups), "queries": int(frame["query"].nunique()),
+                                       "products": int(frame["product_id"].nunique())}
+    for name in ("query", "product_id"):
+        report.add("error", "empty values", path, frame[name].isna().to_numpy(), column=name)
+    for name, test in (("position", lambda v: v < 1), ("score_linear", lambda v: (v < 1) | (v > 100)),
+                       ("score_reciprocal", lambda v: (v <= 0) | (v > 1))):
+        if name in frame.columns:
+            values = pd.to_numeric(frame[name], errors="coerce")
+            report.add("error", "missing numbers", path, values.isna().to_numpy(), column=name)
+            report.add("error", "values out of range", path, test(values).to_numpy(), column=name)
+    if "title" in frame.columns:
+        report.add("warning", "missing titles", path, frame["title"].isna().to_numpy(), column="title")
+    dup = frame.duplicated(["query", "product_id"]).to_numpy()
+    report.add("error", "duplicate (query, product) pairs", path, dup, column="product_id",
+               example=f"{frame['query'][dup].iloc[0]!r} / {frame['product_id'][dup].iloc[0]}" if dup.any() else "")
+    if "image" in schema.names:
+        report.add("warning", "rows without image bytes", path, _null_image_bytes(split), column="image")
+
+
+def _null_image_bytes(split) -> int:
+    """Rows whose ``image.bytes`` is null, from the row groups' column statistics (no image is read)."""
+    nulls = 0
+    for pf in split._parquet:
+        meta = pf.metadata
+        leaf = next((i for i in range(meta.num_columns) if meta.schema.column(i).path == "image.bytes"), None)
+        if leaf is None:
+            continue
+        for g in range(meta.num_row_groups):
+            stats = meta.row_group(g).column(leaf).statistics
+            if stats is not None and stats.has_null_count:
+                nulls += stats.null_count
+    return nulls
