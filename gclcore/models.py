@@ -333,7 +333,8 @@ def state_digest(*parts) -> str:
 
 def load_encoder(model: str = "default", pretrained: str | None = None, device: str | torch.device | None = None,
                  channels_last: bool = True, *, batch_size: int = 256, precision: str = "auto",
-                 context_length: int = 0, workers: int | None = None, **open_clip_kwargs) -> Encoder:
+                 context_length: int = 0, workers: int | None = None, seed: int | None = 0,
+                 **open_clip_kwargs) -> Encoder:
     """Build an :class:`Encoder` (see the module docstring for what ``model`` / ``pretrained`` accept).
 
     ``pretrained`` goes through :func:`resolve_pretrained` first: for an open_clip model, none given
@@ -346,7 +347,10 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     model's EfficientNet forward + backward ~35% faster and inference ~40% faster (bench/RESULTS.md); it
     is the layout NVIDIA recommends for convolutions in bf16/fp16 too. Values are unchanged up to
     floating-point rounding, and checkpoints load into either layout. ``batch_size``, ``precision``,
-    ``context_length`` and ``workers`` are the :class:`Encoder`'s.
+    ``context_length`` and ``workers`` are the :class:`Encoder`'s. Weights that are initialised at random
+    (the default model's projection heads, ``pretrained="none"``) are drawn with torch's CPU generator
+    seeded with ``seed`` and then restored, so every load gives the same model; ``seed=None`` draws from
+    the generator as it is (a training run seeds it first).
     """
     import open_clip
 
@@ -355,6 +359,9 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     pretrained = resolve_pretrained(name, pretrained, open_clip_kwargs.get("cache_dir"))
     random_init = pretrained == RANDOM_INIT
     checkpoint = pretrained if os.path.isabs(pretrained) else None  # files come back absolute, tags never
+    caller_rng = torch.default_generator.get_state()
+    if seed is not None:
+        torch.default_generator.manual_seed(seed)
     if name == DEFAULT_MODEL:
         norm = _register_default_config(name)
         open_clip_kwargs = {"image_mean": norm.get("mean"), "image_std": norm.get("std"), **open_clip_kwargs}
@@ -368,6 +375,8 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
         tag = None if random_init or checkpoint else pretrained
         net, preprocess_train, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=tag, **open_clip_kwargs)
+    if seed is not None:
+        torch.default_generator.set_state(caller_rng)
     if checkpoint:
         load_checkpoint(net, checkpoint)
     net = net.to(device).eval()

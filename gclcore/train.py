@@ -279,7 +279,7 @@ def _load_model(cfg: TrainConfig, device: torch.device, ctx: distributed.Context
     """The encoder to train; under torchrun every rank starts from rank 0's weights, with its own dropout."""
     from gclcore.models import load_encoder
 
-    encoder = load_encoder(cfg.model, cfg.pretrained, device=device)
+    encoder = load_encoder(cfg.model, cfg.pretrained, device=device, seed=None)  # initialised from cfg.seed
     if ctx.enabled:
         distributed.broadcast_parameters(encoder.model)
         torch.manual_seed(cfg.seed + ctx.rank)

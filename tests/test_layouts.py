@@ -333,3 +333,24 @@ def test_heads_only_training_on_a_zero_shot_only_parquet_dataset(layouts, tmp_pa
     assert list((tmp_path / "features").glob("trunk-features-*.pt"))  # the feature cache works on parquet
     assert main(["--set", f"data_dir={zs}", "--set", f"output_dir={tmp_path / 'cli'}", "--set", "train_split=in_domain",
                  "--set", "progress=false"]) == 2  # an absent split: a clear error, no traceback
+
+
+@pytest.mark.slow
+def test_evaluate_cli_on_the_publishers_tiny_test_shape(tiny_shop, tmp_path):
+    """The publisher's tiny test as its script is called (its flag spellings), outputs straight into
+    --output-dir; the same numbers as evaluate_split on files_dataset with the same model."""
+    from gclcore.models import load_encoder
+
+    tiny = publisher_tiny(tiny_shop, tmp_path / "tiny")
+    out = tmp_path / "out"
+    argv = ["--test_csv", str(tiny / "query_tiny.csv"), "--doc-meta", str(tiny / "corpus_tiny.json"),
+            "--weight_key", "score_linear", "--output-dir", str(out), "--batch-size", "64", "--left-keys", "['query']",
+            "--right-keys", "['image_local']", "--img-or-txt", "[['txt'], ['img']]", "--left-weights", "[1]",
+            "--right-weights", "[1]", "--context-length", "[[77], [0]]", "--top-q", "5", "--device", "cpu"]
+    assert evaluate.main(argv) == 0
+    assert {"gt_results.json", "retrieval.json", "output.json", "output.csv"} <= {p.name for p in out.iterdir()}
+    cli = json.loads((out / "output.json").read_text())
+    direct = evaluate.evaluate_split(load_encoder("default", device="cpu"), data.files_dataset(
+        tiny / "query_tiny.csv", tiny / "corpus_tiny.json"), "query_tiny", tmp_path / "direct", top_q=5, progress=False)
+    assert cli["summary"]["NDCG@10"] == [direct.metrics["NDCG@10"]] and cli["summary"]["mERR"] == direct.metrics["mERR"]
+    assert cli["gclcore"]["corpus"] == "corpus_tiny.json" and cli["gclcore"]["queries"] == 5

@@ -182,3 +182,16 @@ def test_models_that_carry_their_weights_skip_the_tag_rule():
 
     assert resolve_pretrained("hf-hub:Marqo/some-model", "") == ""
     assert resolve_pretrained("local-dir:/models/exported", None) == ""
+
+
+def test_random_initialisation_is_seeded_and_leaves_the_caller_generator_alone():
+    load_encoder = models.load_encoder
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = load_encoder("default", device="cpu")
+    assert torch.rand(1) == before                        # the caller's generator is where it was
+    assert load_encoder("default", device="cpu").checksum() == first.checksum()
+    assert load_encoder("default", device="cpu", seed=1).checksum() != first.checksum()
+    torch.manual_seed(0)
+    assert load_encoder("default", device="cpu", seed=None).checksum() == first.checksum()  # seed 0, drawn as is
