@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset = files_dataset(args.test_csv, args.corpus, args.image_root)
         encoder = load_encoder(args.model, args.pretrained, device=args.device, batch_size=args.batch_size,
                                precision=args.precision, context_length=args.context_length,
-                               workers=args.num_workers)
+                               workers=args.num_workers, progress=True)
         options = dict(lhs_fields=lhs, rhs_fields=rhs, weight_key=args.weight_key, top_q=args.top_q, top_k=args.top_k,
                        query_set=args.query_set, cache_dir=False if args.overwrite_feature else args.cache_dir)
         if args.test_csv:

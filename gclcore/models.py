@@ -215,7 +215,8 @@ class Encoder:
     under ``precision`` (:data:`PRECISIONS`) in batches of ``batch_size``; texts are tokenised to
     ``context_length`` tokens (0: the model's own, e.g. 77 for CLIP; shorter truncates, as the
     published evaluation's ``--context-length``); images are decoded by ``workers`` DataLoader workers
-    (None: one per spare core). ``preprocess_train`` / ``preprocess`` are open_clip's
+    (None: one per spare core); ``progress`` shows a bar per call unless a call says otherwise.
+    ``preprocess_train`` / ``preprocess`` are open_clip's
     train / eval image transforms.
     """
 
@@ -230,6 +231,7 @@ class Encoder:
     precision: str = "auto"
     context_length: int = 0
     workers: int | None = None
+    progress: bool = False
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -247,7 +249,7 @@ class Encoder:
             isinstance(self.model.text_projection, torch.Tensor) else int(self.encode_text(["x"]).shape[1])
 
     @torch.no_grad()
-    def encode_text(self, texts, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+    def encode_text(self, texts, batch_size: int | None = None, progress: bool | None = None) -> torch.Tensor:
         """Embed texts (missing values become the string ``"nan"``, as the reference's ``str(x)``)."""
         from tqdm.auto import tqdm
 
@@ -255,14 +257,14 @@ class Encoder:
         batch_size = batch_size or self.batch_size
         self.model.eval()
         out = []
-        for start in tqdm(range(0, len(texts), batch_size), desc="encode text", disable=not progress):
+        for start in tqdm(range(0, len(texts), batch_size), desc="encode text", disable=not self._progress(progress)):
             tokens = self.tokenizer(texts[start:start + batch_size], context_length=self.context_length or None)
             with self._autocast():
                 out.append(self.model.encode_text(tokens.to(self.device), normalize=True).float().cpu())
         return torch.cat(out) if out else torch.empty((0, self.embed_dim))
 
     @torch.no_grad()
-    def encode_images(self, images, batch_size: int | None = None, progress: bool = False,
+    def encode_images(self, images, batch_size: int | None = None, progress: bool | None = None,
                       total: int | None = None) -> torch.Tensor:
         """Embed an iterable of PIL images (or already preprocessed (3, H, W) tensors)."""
         from tqdm.auto import tqdm
@@ -277,7 +279,7 @@ class Encoder:
                 out.append(self.model.encode_image(pixels, normalize=True).float().cpu())
             batch.clear()
 
-        for image in tqdm(images, desc="encode images", total=total, disable=not progress):
+        for image in tqdm(images, desc="encode images", total=total, disable=not self._progress(progress)):
             batch.append(image if torch.is_tensor(image) else self.preprocess(image))
             if len(batch) == batch_size:
                 flush()
@@ -287,7 +289,7 @@ class Encoder:
 
     @torch.no_grad()
     def encode_image_files(self, stored_paths: list[str], resolver, batch_size: int | None = None,
-                           workers: int | None = None, progress: bool = False) -> torch.Tensor:
+                           workers: int | None = None, progress: bool | None = None) -> torch.Tensor:
         """Embed images given by stored (publisher) paths, resolved by basename; decoding runs in
         DataLoader workers (:func:`gclcore.loaders.iterate_images`)."""
         from tqdm.auto import tqdm
@@ -300,10 +302,13 @@ class Encoder:
         batches = iterate_images(stored_paths, resolver, self.preprocess, batch_size,
                                  self.workers if workers is None else workers)
         for pixels in tqdm(batches, desc="encode images", total=-(-len(stored_paths) // batch_size),
-                           disable=not progress):
+                           disable=not self._progress(progress)):
             with self._autocast():
                 out.append(self.model.encode_image(pixels.to(self.device), normalize=True).float().cpu())
         return torch.cat(out) if out else torch.empty((0, self.embed_dim))
+
+    def _progress(self, asked: bool | None) -> bool:
+        return self.progress if asked is None else asked
 
     def _autocast(self):
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
@@ -333,7 +338,7 @@ def state_digest(*parts) -> str:
 
 def load_encoder(model: str = "default", pretrained: str | None = None, device: str | torch.device | None = None,
                  channels_last: bool = True, *, batch_size: int = 256, precision: str = "auto",
-                 context_length: int = 0, workers: int | None = None, seed: int | None = 0,
+                 context_length: int = 0, workers: int | None = None, progress: bool = False, seed: int | None = 0,
                  **open_clip_kwargs) -> Encoder:
     """Build an :class:`Encoder` (see the module docstring for what ``model`` / ``pretrained`` accept).
 
@@ -347,7 +352,7 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     model's EfficientNet forward + backward ~35% faster and inference ~40% faster (bench/RESULTS.md); it
     is the layout NVIDIA recommends for convolutions in bf16/fp16 too. Values are unchanged up to
     floating-point rounding, and checkpoints load into either layout. ``batch_size``, ``precision``,
-    ``context_length`` and ``workers`` are the :class:`Encoder`'s. Weights that are initialised at random
+    ``context_length``, ``workers`` and ``progress`` are the :class:`Encoder`'s. Weights that are initialised at random
     (the default model's projection heads, ``pretrained="none"``) are drawn with torch's CPU generator
     seeded with ``seed`` and then restored, so every load gives the same model; ``seed=None`` draws from
     the generator as it is (a training run seeds it first).
@@ -383,7 +388,7 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     if channels_last and any(isinstance(m, torch.nn.Conv2d) for m in net.visual.modules()):
         net.visual.to(memory_format=torch.channels_last)
     return Encoder(net, open_clip.get_tokenizer(name), preprocess_train, preprocess, name, pretrained or None,
-                   device, batch_size, precision, context_length, workers)
+                   device, batch_size, precision, context_length, workers, progress)
 
 
 class _DropMessages(logging.Filter):

@@ -127,7 +127,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset: Dataset, splits:
 
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     encoder = load_encoder(model or infer_architecture(checkpoint), str(Path(checkpoint).resolve()), device=device,
-                           precision=precision or ("fp16" if cuda else "fp32"), batch_size=batch_size or (1024 if cuda else 64))
+                           precision=precision or ("fp16" if cuda else "fp32"), batch_size=batch_size or (1024 if cuda else 64),
+                           progress=True)
     key = checkpoint_key(checkpoint)
     rows = []
     for label, fields in protocol.fields.items():
