@@ -63,7 +63,8 @@ NB_PARAMS_04_evaluate      := data_dir image_root model pretrained experiments_f
 NB_PARAMS_05_paper_tables  := data_dir image_root model pretrained experiments_file runs_dir expected_file expected_key
 NB_PARAMS_06_reproduce     := data_dir image_root checkpoints architecture expected_file
 NB_VALUE_data_dir          := $(abspath $(DATA_DIR))
-NB_VALUE_image_root        := $(abspath $(IMAGE_ROOT))
+# the default <data_dir>/images only when it exists (a parquet dataset has its images inside)
+NB_VALUE_image_root        := $(if $(or $(filter-out file,$(origin IMAGE_ROOT)),$(wildcard $(IMAGE_ROOT))),$(abspath $(IMAGE_ROOT)))
 NB_VALUE_model             := $(MODEL)
 NB_VALUE_pretrained        := $(PRETRAINED)
 NB_VALUE_experiments_file  := $(abspath $(EXPERIMENTS))

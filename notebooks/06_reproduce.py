@@ -33,7 +33,7 @@ corpus = ""           # ... with its corpus JSON (corpus_tiny.json)
 checkpoints = ""      # released checkpoint files, space-separated; "" -> what to download
 architecture = ""     # open_clip model of every checkpoint; "" -> from each file name (vitb32 -> ViT-B-32)
 expected_file = ""    # "" -> book/expected.yaml
-out_dir = ""          # "" -> build/reproduce
+output_dir = ""       # "" -> build/reproduce
 
 # %%
 from IPython.display import Markdown, display
@@ -51,7 +51,7 @@ if not given:
 else:
     source = ({"test_csv": str(paths.absolute(test_csv)), "corpus": str(paths.absolute(corpus))} if test_csv
               else {"data_dir": str(paths.resolve_data_dir(data_dir))})
-    out = paths.absolute(out_dir) if out_dir else paths.repo_root() / "build" / "reproduce"
+    out = paths.absolute(output_dir) if output_dir else paths.repo_root() / "build" / "reproduce"
     table = reproduce.run(given, protocol, **source, image_root=str(paths.absolute(image_root)) if image_root else None,
                           out=out, model=architecture or None)
     display(reproduce.styled(table, protocol))

@@ -194,3 +194,22 @@ def test_06_reproduce_without_checkpoints_says_what_to_download(kernel_env, else
     text = outputs_text(nb)
     assert "No checkpoints given" in text and "gcl-vitb32-117-gs-full-states.pt" in text
     assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_06_reproduce_with_a_checkpoint(kernel_env, elsewhere, tmp_path, tiny_shop):
+    """A checkpoint under a released name (the embedded model's weights: fast) goes through the chapter."""
+    import torch
+
+    from gclcore.models import load_encoder
+
+    release = tmp_path / "gcl-vitb32-117-gs-full-states.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in load_encoder("default", device="cpu").model.state_dict().items()}},
+               release)
+    nb = run_notebook("06_reproduce", elsewhere, tmp_path, data_dir=str(tiny_shop), checkpoints=str(release),
+                      architecture="default", output_dir=str(tmp_path / "out"))
+    text = outputs_text(nb)
+    html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "**not reproduced**" in text and "FAIL" in html
+    assert any(o.get("data", {}).get("image/png") for c in nb.cells for o in c.get("outputs", []))  # the plot
+    assert (tmp_path / "out" / "comparison.csv").is_file() and list(elsewhere.iterdir()) == []
