@@ -42,7 +42,7 @@ from gclcore.fusion import Field, Side, parse_fields
 from gclcore.loss import GCLLoss, multi_field_loss
 from gclcore.optim import Precision, build_optimizer, cosine_schedule, set_lr
 from gclcore.runlog import RunLog, Throughput, split_history
-from gclcore.towers import Towers, build_towers, split_batch
+from gclcore.towers import Towers, build_towers, resolve_freeze, split_batch
 from gclcore.weights import get_stw
 
 
@@ -56,6 +56,8 @@ class TrainResult:
     samples_per_s: float = 0.0
     test: pd.DataFrame | None = None
     """One summary row per split from ``test_splits`` (also in ``output_dir/test/results.csv``)."""
+    config: TrainConfig | None = None
+    """The config as the run used it (resolved regime and learning rate; also ``output_dir/config.json``)."""
 
 
 def training_rows(cfg: TrainConfig, fields: tuple[Field, ...], dataset: Dataset | None = None) -> pd.DataFrame:
@@ -202,14 +204,17 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     sampler, ctx, out = sampler or epoch_batches, distributed.from_environment(), Path(cfg.output_dir)
     device = distributed.start(ctx, cfg.dist_backend, cfg.dist_timeout_min) or torch.device(
         cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    _start_run(cfg, out, ctx)
+    _seed_everything(cfg)
 
-    # the model, the rows and their weights, the towers, the objective
+    # the model, the rows and their weights, the steps, the regime and its defaults, the towers, the objective
     encoder = _load_model(cfg, device, ctx)
     model = encoder.model
     lhs, rhs = parse_fields(cfg.lhs_fields), parse_fields(cfg.rhs_fields)
     dataset = open_dataset(cfg.data_dir, cfg.image_root or None)
     rows = training_rows(cfg, lhs + rhs, dataset)
+    batch_rows = cfg.batch_size * cfg.accum_freq * ctx.world  # the global batch
+    total_steps = _total_steps(cfg, len(sampler(len(rows), batch_rows, cfg.seed, 0)), len(rows), batch_rows)
+    cfg = _record_config(cfg, cfg.resolved(resolve_freeze(cfg.freeze, model), total_steps), total_steps, out, ctx)
     towers = distributed.main_first(ctx, lambda: build_towers(
         cfg.freeze, encoder, rows, lhs + rhs, dataset, cache_dir=cfg.feature_cache_dir, seed=cfg.seed,
         workers=cfg.workers, progress=cfg.progress))
@@ -218,8 +223,6 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
 
     # optimiser, schedule, precision, resume
     optimizer, params = build_optimizer(towers.trainable(), model.logit_scale, **cfg.optimizer_options())
-    batch_rows = cfg.batch_size * cfg.accum_freq * ctx.world  # the global batch
-    total_steps = _total_steps(cfg, len(sampler(len(rows), batch_rows, cfg.seed, 0)), len(rows), batch_rows)
     lr_at = cosine_schedule(cfg.lr, cfg.warmup_steps, total_steps)
     precision = Precision.choose(cfg.precision, device)
     resume = checkpoint.resume_path(out, cfg.resume)
@@ -272,7 +275,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     test = evaluation.test()
     log.close()
     distributed.stop(ctx)
-    return _result(out, state, test)
+    return _result(out, state, test, cfg)
 
 
 def _load_model(cfg: TrainConfig, device: torch.device, ctx: distributed.Context):
@@ -293,10 +296,11 @@ def _progress_row(state: TrainState, loss: torch.Tensor, lr: float, model, throu
             "lr": lr, "logit_scale": model.logit_scale.exp().item(), "samples_per_s": throughput.rate()}
 
 
-def _result(out: Path, state: TrainState, test: pd.DataFrame | None) -> TrainResult:
+def _result(out: Path, state: TrainState, test: pd.DataFrame | None, cfg: TrainConfig) -> TrainResult:
     train_rows, eval_rows = split_history(pd.DataFrame(state.history))
     speeds = train_rows["samples_per_s"].to_numpy() if len(train_rows) else np.array([0.0])
-    return TrainResult(out, train_rows, eval_rows, out / "model.pt", state.step, float(np.median(speeds)), test)
+    return TrainResult(out, train_rows, eval_rows, out / "model.pt", state.step, float(np.median(speeds)), test,
+                       cfg)
 
 
 def _total_steps(cfg: TrainConfig, steps_per_epoch: int, n_rows: int, batch_rows: int) -> int:
@@ -306,12 +310,26 @@ def _total_steps(cfg: TrainConfig, steps_per_epoch: int, n_rows: int, batch_rows
     return min(cfg.max_steps, total) if cfg.max_steps else total
 
 
-def _start_run(cfg: TrainConfig, out: Path, ctx: distributed.Context) -> None:
-    """The run folder with its ``config.json`` (rank 0), and every RNG seeded from ``cfg.seed``."""
+_REGIMES = {"trunks": "heads only (locked trunks)", "none": "full fine-tuning"}
+
+
+def _record_config(given: TrainConfig, cfg: TrainConfig, total_steps: int, out: Path,
+                   ctx: distributed.Context) -> TrainConfig:
+    """The run folder with ``config.json`` = the resolved ``cfg`` (rank 0), and one printed line naming the
+    regime and its learning rate, and whether that is the regime's default or was given; returns ``cfg``."""
     out.mkdir(parents=True, exist_ok=True)
     if ctx.is_main:
         with atomic_write(out / "config.json") as fh:
             json.dump(dataclasses.asdict(cfg), fh, indent=1)
+        lr_from = "given" if given.lr > 0 else "default"
+        warmup_from = "given" if given.warmup_steps >= 0 else "default"
+        print(f"{cfg.model}: {_REGIMES[cfg.freeze]}, lr {cfg.lr:g} ({lr_from}), warm-up {cfg.warmup_steps} "
+              f"steps ({warmup_from}) of {total_steps}; run folder {out}", flush=True)
+    return cfg
+
+
+def _seed_everything(cfg: TrainConfig) -> None:
+    """Every RNG seeded from ``cfg.seed``."""
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)

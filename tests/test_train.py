@@ -82,16 +82,35 @@ def test_config_from_yaml_and_cli(tmp_path, tiny_shop):
     path.write_text(f"data_dir: {tiny_shop}\noutput_dir: {tmp_path / 'cli'}\nbatch_size: 32\nepochs: 1\n"
                     f"stw: constant\neval_top_k: 20\nprogress: false\nfeature_cache_dir: {tmp_path.parent / 'features'}\n")
     assert trainer.main(["--config", str(path), "--set", "max_steps=2"]) == 0
-    assert json.loads((tmp_path / "cli" / "config.json").read_text())["stw"] == "constant"
+    recorded = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert recorded["stw"] == "constant"
+    # no lr / warmup_steps given: the heads-only defaults, recorded resolved
+    assert (recorded["freeze"], recorded["lr"], recorded["warmup_steps"]) == ("trunks", 1e-3, 20)
     with pytest.raises(ValueError, match="unknown config key"):
         trainer.TrainConfig.from_yaml(path, nonsense=1)
     assert trainer.main(["--config", str(path), "--set", "stw=cubic"]) == 2
 
 
-def test_full_fine_tuning_runs_on_cpu(tmp_path, tiny_shop):
-    result = trainer.train(config(tmp_path, tiny_shop, freeze="none", batch_size=8, epochs=1, max_steps=2,
-                                  workers=0, eval_top_q=3, eval_top_k=10))
-    assert result.steps == 2 and len(result.history) >= 1
+def test_full_fine_tuning_runs_on_cpu_with_its_own_learning_rate(tmp_path, tiny_shop, capsys):
+    result = trainer.train(config(tmp_path, tiny_shop, freeze="none", batch_size=8, epochs=1, max_steps=20,
+                                  workers=0, eval_top_q=3, eval_top_k=10, log_every=1, lr=0.0, warmup_steps=-1))
+    assert result.steps == 20 and len(result.history) >= 1
+    recorded = json.loads((result.output_dir / "config.json").read_text())
+    assert (recorded["freeze"], recorded["lr"], recorded["warmup_steps"]) == ("none", 1e-5, 2)  # 10% of 20 steps
+    assert result.config.lr == 1e-5 and result.history["lr"].max() == pytest.approx(1e-5)
+    assert "full fine-tuning, lr 1e-05 (default), warm-up 2 steps (default) of 20" in capsys.readouterr().out
+
+
+def test_regime_of_auto(tiny_shop):
+    import open_clip
+
+    from gclcore.towers import resolve_freeze
+
+    assert resolve_freeze("auto", load_encoder("default", device="cpu").model) == "trunks"
+    assert resolve_freeze("auto", open_clip.create_model("ViT-S-32", pretrained=None)) == "none"
+    assert resolve_freeze("trunks", None) == "trunks" and resolve_freeze("none", None) == "none"
+    with pytest.raises(ValueError, match="freeze must be"):
+        resolve_freeze("heads", None)
 
 
 def test_epoch_batches_are_deterministic_and_full():
