@@ -64,6 +64,8 @@ class TrainConfig:
     eval_every: int = 0                     # steps between evaluations (0: at the end only)
     eval_top_q: int = 2000
     eval_top_k: int = 1000
+    eval_corpus_size: int = 20_000          # in-training evaluation searches a fixed dev sub-corpus of this many
+                                            # products (judged + sampled distractors); 0: the full corpus
     test_splits: str = ""                   # after training, the reference protocol on these splits ("all")
     output_dir: str = "runs/default"
     feature_cache_dir: str = ""             # "" -> <data_dir>/.feature-cache

@@ -37,7 +37,7 @@ from gclcore import checkpoint, distributed
 from gclcore.checkpoint import TrainState
 from gclcore.config import TrainConfig, parse_overrides
 from gclcore.data import Dataset, atomic_write, open_dataset
-from gclcore.evaluate import evaluate, evaluate_split
+from gclcore.evaluate import dev_subcorpus, evaluate, evaluate_split
 from gclcore.fusion import Field, Side, parse_fields
 from gclcore.loss import GCLLoss, multi_field_loss
 from gclcore.optim import Precision, build_optimizer, cosine_schedule, set_lr
@@ -155,13 +155,31 @@ def train_step(towers: Towers, objective: PairObjective, batch, optimizer: torch
 
 class DevEvaluation:
     """Evaluation during training (``eval_split`` with the shipped ``eval_query_set`` ground truth) on
-    rank 0 while the other ranks wait; each evaluated step becomes an ``eval/*`` row of the log."""
+    rank 0 while the other ranks wait; each evaluated step becomes an ``eval/*`` row of the log.
+
+    It is bounded: the products searched are a **dev sub-corpus** of ``eval_corpus_size`` products (every
+    judged product + distractors, :func:`gclcore.evaluate.dev_subcorpus`), chosen once per run by a fixed
+    seed, so every evaluation, resumed runs and other runs on the same data search the same products.
+    Each row carries ``eval/corpus_size`` (products searched) and ``eval/corpus_total`` (the split's
+    corpus); the ids are in ``<run>/eval/dev-subcorpus.txt``. The published protocol over the full
+    corpus is :meth:`test` (``test_splits``), after training.
+    """
 
     def __init__(self, cfg: TrainConfig, dataset: Dataset, towers: Towers, lhs, rhs, log: RunLog,
                  ctx: distributed.Context):
         self.cfg, self.dataset, self.towers, self.lhs, self.rhs, self.log, self.ctx = (
             cfg, dataset, towers, lhs, rhs, log, ctx)
         self.done = log.evaluated_steps()  # the same on every rank
+        self.subset, self.sizes = None, {}
+        if cfg.eval_split and ctx.is_main:
+            corpus = dataset.corpus(cfg.eval_split)
+            rows = dev_subcorpus(dataset, cfg.eval_split, cfg.eval_corpus_size, query_set=cfg.eval_query_set,
+                                 lhs_fields=lhs, top_q=cfg.eval_top_q, top_k=cfg.eval_top_k)
+            if len(rows) < len(corpus):  # else the full corpus, exactly as evaluate_split searches it
+                self.subset = rows
+                with atomic_write(_mkdir(Path(cfg.output_dir) / "eval") / "dev-subcorpus.txt") as fh:
+                    fh.writelines(f"{pid}\n" for pid in corpus["product_id"].astype(str).to_numpy()[rows])
+            self.sizes = {"eval/corpus_size": len(rows), "eval/corpus_total": len(corpus)}
 
     def __call__(self, state: TrainState) -> None:
         cfg = self.cfg
@@ -173,8 +191,8 @@ class DevEvaluation:
             result = evaluate_split(self.towers.eval_encoder, self.dataset, cfg.eval_split,
                                     Path(cfg.output_dir) / "eval" / f"step-{state.step:06d}", lhs_fields=self.lhs,
                                     rhs_fields=self.rhs, top_q=cfg.eval_top_q, top_k=cfg.eval_top_k, query_set=cfg.eval_query_set,
-                                    cache_dir=False, progress=False)
-            self.log.append({"step": state.step, "epoch": state.epoch,
+                                    cache_dir=False, progress=False, corpus_subset=self.subset)
+            self.log.append({"step": state.step, "epoch": state.epoch, **self.sizes,
                              **{f"eval/{k}": v for k, v in result.metrics.items()}})
         distributed.barrier(self.ctx)
 
@@ -326,6 +344,11 @@ def _record_config(given: TrainConfig, cfg: TrainConfig, total_steps: int, out: 
         print(f"{cfg.model}: {_REGIMES[cfg.freeze]}, lr {cfg.lr:g} ({lr_from}), warm-up {cfg.warmup_steps} "
               f"steps ({warmup_from}) of {total_steps}; run folder {out}", flush=True)
     return cfg
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _seed_everything(cfg: TrainConfig) -> None:
