@@ -71,6 +71,7 @@ class TrainConfig:
     feature_cache_dir: str = ""             # "" -> <data_dir>/.feature-cache
     resume: str = ""                        # "" | "latest" | path to a state file
     save_every: int = 0                     # steps between full-state saves (0: each epoch, -1: at the end only)
+    save_every_minutes: int = 30            # also save the state once this long since the last save (0: off)
     epoch_checkpoints: bool = True          # keep an open_clip checkpoint per epoch (checkpoints/epoch_N.pt)
     log_every: int = 10
     device: str = ""                        # "" -> cuda if available; under torchrun each rank's cuda:LOCAL_RANK
@@ -104,6 +105,13 @@ class TrainConfig:
         return dataclasses.replace(self, freeze=freeze, lr=self.lr if self.lr > 0 else defaults.lr,
                                    warmup_steps=self.warmup_steps if self.warmup_steps >= 0 else warmup)
 
+    def resume_conflicts(self, saved: dict[str, Any]) -> list[str]:
+        """The fields in which ``saved`` (the config a state file was written with) differs from this one,
+        other than :data:`RESUME_MAY_CHANGE`, as ``"key: saved -> now"``. Both configs resolved."""
+        mine = dataclasses.asdict(self)
+        return [f"{key}: {saved[key]!r} -> {mine[key]!r}" for key in mine
+                if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != mine[key]]
+
     def optimizer_options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`gclcore.optim.build_optimizer`."""
         return {"lr": self.lr, "weight_decay": self.weight_decay, "betas": (self.beta1, self.beta2), "eps": self.eps,
@@ -134,6 +142,14 @@ REGIME_DEFAULTS = {
     "none": RegimeDefaults(lr=1e-5, warmup_steps=500, warmup_fraction=0.1),
 }
 """``freeze`` (resolved) -> its defaults; see the methods page, "Optimisation"."""
+
+
+RESUME_MAY_CHANGE = frozenset({
+    "resume", "output_dir", "data_dir", "image_root", "feature_cache_dir", "device", "dist_backend",
+    "dist_timeout_min", "workers", "progress", "tensorboard", "log_every", "save_every", "save_every_minutes",
+    "epoch_checkpoints", "eval_every", "test_splits", "epochs", "max_steps"})
+"""Fields a resumed run may change (where things are, how it reports and saves, how long it runs); any
+other difference means another run, and resuming refuses it (:meth:`TrainConfig.resume_conflicts`)."""
 
 
 def config_fields() -> dict[str, type]:

@@ -244,12 +244,14 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     lr_at = cosine_schedule(cfg.lr, cfg.warmup_steps, total_steps)
     precision = Precision.choose(cfg.precision, device)
     resume = checkpoint.resume_path(out, cfg.resume)
-    state = checkpoint.load_state(resume, model, optimizer, precision.scaler, ctx) if resume else TrainState()
+    state = checkpoint.load_state(resume, model, optimizer, precision.scaler, ctx, cfg) if resume else TrainState()
     log = RunLog(out, state.history, write=ctx.is_main, tensorboard=cfg.tensorboard)
     evaluation = DevEvaluation(cfg, dataset, towers, lhs, rhs, log, ctx)
+    clock = checkpoint.SaveClock(cfg.save_every_minutes, ctx, device)
 
     def save_state():
         checkpoint.save_state(out, model, optimizer, precision.scaler, state, cfg, ctx)
+        clock.reset()
 
     if state.step == 0:
         evaluation(state)  # the untrained (zero-shot) model: the like-for-like baseline row
@@ -267,13 +269,14 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
             state.advance()
             throughput.add(len(towers.indices(batch)) * ctx.world)
             bar.update(1)
-            if state.step % cfg.log_every == 0 or state.step == total_steps:
+            logged = state.step % cfg.log_every == 0 or state.step == total_steps
+            if logged:
                 row = _progress_row(state, loss, lr_at(state.step - 1), model, throughput, ctx, device)
                 log.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{row['samples_per_s']:.0f}")
             if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
                 evaluation(state)
-            if cfg.save_every > 0 and state.step % cfg.save_every == 0:
+            if (cfg.save_every > 0 and state.step % cfg.save_every == 0) or (logged and clock.due()):
                 save_state()
             if on_step is not None:
                 on_step(state.step)

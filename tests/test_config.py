@@ -67,3 +67,13 @@ def test_explicit_learning_rate_and_warmup_win(freeze):
 def test_resolution_needs_a_resolved_regime():
     with pytest.raises(ValueError, match="'trunks' or 'none', not 'auto'"):
         TrainConfig().resolved("auto", 100)
+
+
+def test_resume_conflicts_name_the_fields_that_define_another_run():
+    import dataclasses
+
+    saved = dataclasses.asdict(TrainConfig(stw="linear", lr=1e-3))
+    assert TrainConfig(stw="linear", lr=1e-3, progress=False, max_steps=99, output_dir="elsewhere").resume_conflicts(
+        saved) == []
+    assert TrainConfig(stw="log", lr=1e-3).resume_conflicts(saved) == ["stw: 'linear' -> 'log'"]
+    assert TrainConfig(lr=1e-3).resume_conflicts({"stw": "linear", "a_field_of_another_version": 1}) == []

@@ -319,3 +319,57 @@ def test_plots_say_which_corpus_the_dev_metrics_searched():
     assert dev_corpus_label(sub.drop(columns=["eval/corpus_size", "eval/corpus_total"])) == "dev"
     log = pd.concat([pd.DataFrame({"step": [5], "loss": [1.0], "lr": [1e-3], "samples_per_s": [9.0]}), sub])
     assert plot_training(log).axes[3].get_title() == "dev metrics, sub-corpus of 20,000 of 1,500,000 products"
+
+
+def test_long_runs_save_their_state_every_so_many_minutes(tmp_path, tiny_shop, monkeypatch):
+    from gclcore import checkpoint
+
+    now, saves, save_state = [0.0], [], checkpoint.save_state
+    monkeypatch.setattr(checkpoint.SaveClock, "now", staticmethod(lambda: now[0]))
+
+    def recorded(out, model, optimizer, scaler, state, cfg, ctx):
+        saves.append(state.step)
+        save_state(out, model, optimizer, scaler, state, cfg, ctx)
+
+    def tick(step):
+        now[0] += 25.0  # 25 s a step
+
+    monkeypatch.setattr(checkpoint, "save_state", recorded)
+    trainer.train(config(tmp_path, tiny_shop, epochs=2, max_steps=13, save_every=-1, save_every_minutes=1,
+                         eval_split="", epoch_checkpoints=False), on_step=tick)
+    assert saves == [4, 8, 12, 13]  # asked at log steps (every 2): due at step 4 (75 s), then 8, 12; the end
+
+
+def test_resume_refuses_a_state_of_another_configuration(tmp_path, tiny_shop):
+    cfg = config(tmp_path, tiny_shop, epochs=2, max_steps=4, save_every=2, eval_top_k=10)
+    trainer.train(cfg)
+    with pytest.raises(ValueError, match=r"another configuration \(stw: 'linear' -> 'constant'\).*resume=''"):
+        trainer.train(cfg, resume="latest", stw="constant")
+    longer = trainer.train(cfg, resume="latest", max_steps=6, progress=False)  # how long it runs may change
+    assert longer.steps == 6 and longer.history["step"].tolist()[:2] == [2, 4]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _make_dry_run(target: str, *variables: str) -> list[str]:
+    done = subprocess.run(["make", "-n", "-B", target, "BOOK_NAME=dry", *variables], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=True)
+    return done.stdout.splitlines()
+
+
+def test_real_data_has_no_cell_time_limit_and_resumes():
+    """`make book DATA_DIR=<real data>`: notebook 03's multi-hour training cell gets no papermill time
+    limit and continues its saved state; the embedded synthetic shop keeps 30 min a cell and retrains."""
+    import papermill
+
+    real = "DATA_DIR=/data/marqo-gs-dataset/marqo_gs_full_10m"
+    papermill_real = [line for line in _make_dry_run("build/dry/03_train.ipynb", real) if "papermill" in line]
+    assert len(papermill_real) == 1 and "--execution-timeout" not in papermill_real[0]
+    assert "-p resume 'latest'" in papermill_real[0]
+    runs_real = [line for line in _make_dry_run("build/dry/runs/.done", real) if "experiments run" in line]
+    assert len(runs_real) == 1 and "--set resume=latest" in runs_real[0]
+    papermill_synth = [line for line in _make_dry_run("build/dry/03_train.ipynb") if "papermill" in line]
+    assert "--execution-timeout 1800" in papermill_synth[0] and "-p resume ''" in papermill_synth[0]
+    declared = papermill.inspect_notebook(str(REPO / "notebooks" / "03_train.ipynb"))
+    assert declared["resume"]["default"] == '"latest"'  # papermill or JupyterLab by hand: a re-run continues
