@@ -147,9 +147,10 @@ REGIME_DEFAULTS = {
 RESUME_MAY_CHANGE = frozenset({
     "resume", "output_dir", "data_dir", "image_root", "feature_cache_dir", "device", "dist_backend",
     "dist_timeout_min", "workers", "progress", "tensorboard", "log_every", "save_every", "save_every_minutes",
-    "epoch_checkpoints", "eval_every", "test_splits", "epochs", "max_steps"})
-"""Fields a resumed run may change (where things are, how it reports and saves, how long it runs); any
-other difference means another run, and resuming refuses it (:meth:`TrainConfig.resume_conflicts`)."""
+    "epoch_checkpoints", "eval_every", "test_splits", "epochs", "max_steps", "warmup_steps"})
+"""Fields a resumed run may change (where things are, how it reports and saves, how long it runs: the
+default full fine-tuning warm-up follows the run's length); any other difference means another run, and
+resuming refuses it (:meth:`TrainConfig.resume_conflicts`)."""
 
 
 def config_fields() -> dict[str, type]:

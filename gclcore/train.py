@@ -2,8 +2,10 @@
 
 Read :func:`train` top to bottom: the model and the rows, the towers, the objective, optimiser and
 schedule, resume, then the loop: :func:`train_step` (embed -> GCL loss -> backward -> clip -> step),
-logging, periodic evaluation on the dev ground truth and atomic checkpoints. The parts live in their own
-modules: :mod:`gclcore.config` (every option), :mod:`gclcore.towers` (head-only or full fine-tuning),
+logging, periodic evaluation on the dev ground truth (over a fixed dev sub-corpus: :class:`DevEvaluation`)
+and atomic checkpoints. The regime's learning-rate defaults are resolved once the model is loaded
+(:meth:`~gclcore.config.TrainConfig.resolved`), printed and recorded in ``config.json``. The parts live
+in their own modules: :mod:`gclcore.config` (every option), :mod:`gclcore.towers` (head-only or full fine-tuning),
 :mod:`gclcore.optim` (AdamW, warm-up + cosine, precision), :mod:`gclcore.checkpoint` (state, save,
 resume), :mod:`gclcore.runlog` (``log.jsonl``, TensorBoard) and :mod:`gclcore.distributed` (torchrun).
 
