@@ -98,13 +98,13 @@ def plot_training(log: pd.DataFrame):
 
 def dev_corpus_label(evals: pd.DataFrame, prefix: str = "dev") -> str:
     """What the in-training evaluations searched, from their ``eval/corpus_size`` / ``eval/corpus_total``:
-    ``"dev metrics, sub-corpus of 20,000 of 1,000,000 products"``, or ``"..., full corpus (N products)"``."""
+    ``"dev metrics: sub-corpus of 20,000 of 1,000,000 products"``, or ``"...: full corpus, N products"``."""
     if "eval/corpus_size" not in evals or not len(evals):
         return prefix  # a run logged before sub-corpora were recorded
     size, total = int(evals["eval/corpus_size"].iloc[-1]), int(evals["eval/corpus_total"].iloc[-1])
     if size < total:
-        return f"{prefix}, sub-corpus of {size:,} of {total:,} products"
-    return f"{prefix}, full corpus ({total:,} products)"
+        return f"{prefix}: sub-corpus of {size:,} of {total:,} products"
+    return f"{prefix}: full corpus, {total:,} products"
 
 
 def per_query(runs_dir: str | os.PathLike, names: list[str], split: str) -> pd.DataFrame:

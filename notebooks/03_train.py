@@ -93,7 +93,7 @@ display(Markdown(f"{result.steps} steps ({'heads only' if used.freeze == 'trunks
                  f"lr {used.lr:g}, warm-up {used.warmup_steps} steps); median throughput **{speed:,.0f} samples/s**; "
                  f"checkpoint `{result.checkpoint}`."))
 if len(result.evaluations):  # absent when eval_split is ""
-    display(Markdown(f"Evaluations during training ({report.dev_corpus_label(result.evaluations)}):"))
+    display(Markdown(f"Evaluations during training, {report.dev_corpus_label(result.evaluations, 'dev set')}:"))
     display(result.evaluations[["step", "eval/NDCG@10", "eval/mERR", "eval/mRBP9", "eval/MRR@10", "eval/corpus_size"]])
 
 # %% [markdown]

@@ -314,11 +314,11 @@ def test_plots_say_which_corpus_the_dev_metrics_searched():
 
     sub = pd.DataFrame({"step": [0, 10], "eval/NDCG@10": [0.1, 0.2], "eval/corpus_size": [20_000, 20_000],
                         "eval/corpus_total": [1_500_000, 1_500_000]})
-    assert dev_corpus_label(sub) == "dev, sub-corpus of 20,000 of 1,500,000 products"
-    assert dev_corpus_label(sub.assign(**{"eval/corpus_size": 1_500_000})) == "dev, full corpus (1,500,000 products)"
+    assert dev_corpus_label(sub) == "dev: sub-corpus of 20,000 of 1,500,000 products"
+    assert dev_corpus_label(sub.assign(**{"eval/corpus_size": 1_500_000})) == "dev: full corpus, 1,500,000 products"
     assert dev_corpus_label(sub.drop(columns=["eval/corpus_size", "eval/corpus_total"])) == "dev"
     log = pd.concat([pd.DataFrame({"step": [5], "loss": [1.0], "lr": [1e-3], "samples_per_s": [9.0]}), sub])
-    assert plot_training(log).axes[3].get_title() == "dev metrics, sub-corpus of 20,000 of 1,500,000 products"
+    assert plot_training(log).axes[3].get_title() == "dev metrics: sub-corpus of 20,000 of 1,500,000 products"
 
 
 def test_long_runs_save_their_state_every_so_many_minutes(tmp_path, tiny_shop, monkeypatch):
