@@ -311,7 +311,6 @@ def dev_subcorpus(dataset: Dataset, split: str, size: int, *, seed: int = 0, **q
     return np.sort(np.concatenate([np.flatnonzero(judged), distractors]))
 
 
-
 def _write_json(path: Path, value) -> None:
     # json.dumps runs the C encoder over the whole value; json.dump iterates in Python (~5x slower)
     with atomic_write(path) as fh:
