@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,28 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class SaveClock:
+    """Time-based state saves (``save_every_minutes``): due once that long has passed since the last save.
+
+    Asked at log steps only; under torchrun the ranks agree (rank clocks differ: a save is a collective),
+    at the cost of one all-reduce per logged step."""
+
+    now = staticmethod(time.monotonic)
+
+    def __init__(self, minutes: float, ctx: distributed.Context, device: torch.device):
+        self.seconds, self.ctx, self.device = minutes * 60, ctx, device
+        self.reset()
+
+    def reset(self) -> None:
+        self.last = self.now()
+
+    def due(self) -> bool:
+        if not self.seconds:
+            return False
+        late = float(self.now() - self.last >= self.seconds)
+        return distributed.mean_over_ranks(late, self.ctx, self.device) > 0
+
+
 def state_path(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints" / "state-latest.pt"
 
@@ -98,9 +121,16 @@ def save_state(output_dir: str | Path, model, optimizer, scaler, state: TrainSta
             "config": dataclasses.asdict(config)})
 
 
-def load_state(path: str | Path, model, optimizer, scaler, ctx: distributed.Context) -> TrainState:
-    """Restore model, optimiser, scaler and this rank's RNG from a state file; returns the train state."""
+def load_state(path: str | Path, model, optimizer, scaler, ctx: distributed.Context, config=None) -> TrainState:
+    """Restore model, optimiser, scaler and this rank's RNG from a state file; returns the train state.
+
+    With ``config`` (a resolved :class:`~gclcore.config.TrainConfig`), a state saved by a run of another
+    configuration is refused (ValueError naming the differences) instead of being continued."""
     saved = torch.load(path, map_location="cpu", weights_only=False)
+    conflicts = config.resume_conflicts(saved.get("config", {})) if config is not None else []
+    if conflicts:
+        raise ValueError(f"{path} was saved by a run with another configuration ({'; '.join(conflicts)}): "
+                         f"resume='' starts the run over in {Path(config.output_dir)}, or choose another output_dir")
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scaler.load_state_dict(saved["scaler"])

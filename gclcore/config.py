@@ -48,9 +48,9 @@ class TrainConfig:
     max_steps: int = 0                      # stop after this many steps (0: run all epochs)
     batch_size: int = 256                   # (Marqtune, per device)
     accum_freq: int = 1
-    lr: float = 1e-3
+    lr: float = 0.0                         # 0: the regime's default (REGIME_DEFAULTS: 1e-3 heads, 1e-5 full)
     weight_decay: float = 0.1
-    warmup_steps: int = 20
+    warmup_steps: int = -1                  # -1: the regime's default (20 heads; full: 500, at most 10% of the run)
     beta1: float = 0.9
     beta2: float = 0.98                     # (Marqtune for ViT)
     eps: float = 1e-6                       # (Marqtune for ViT)
@@ -64,11 +64,14 @@ class TrainConfig:
     eval_every: int = 0                     # steps between evaluations (0: at the end only)
     eval_top_q: int = 2000
     eval_top_k: int = 1000
+    eval_corpus_size: int = 20_000          # in-training evaluation searches a fixed dev sub-corpus of this many
+                                            # products (judged + sampled distractors); 0: the full corpus
     test_splits: str = ""                   # after training, the reference protocol on these splits ("all")
     output_dir: str = "runs/default"
     feature_cache_dir: str = ""             # "" -> <data_dir>/.feature-cache
     resume: str = ""                        # "" | "latest" | path to a state file
     save_every: int = 0                     # steps between full-state saves (0: each epoch, -1: at the end only)
+    save_every_minutes: int = 30            # also save the state once this long since the last save (0: off)
     epoch_checkpoints: bool = True          # keep an open_clip checkpoint per epoch (checkpoints/epoch_N.pt)
     log_every: int = 10
     device: str = ""                        # "" -> cuda if available; under torchrun each rank's cuda:LOCAL_RANK
@@ -88,6 +91,27 @@ class TrainConfig:
             raise ValueError(f"{path}: expected a mapping of TrainConfig fields, got {type(values).__name__}")
         return cls.from_dict({**values, **overrides})
 
+    def resolved(self, freeze: str, total_steps: int) -> TrainConfig:
+        """This config as the run uses it: ``freeze`` resolved to ``"trunks"`` or ``"none"`` (see
+        :func:`gclcore.towers.resolve_freeze`), and ``lr`` / ``warmup_steps`` left at 0 / -1 replaced by
+        that regime's :data:`REGIME_DEFAULTS`; values given explicitly are kept. The trainer resolves
+        once, prints the result and records it in ``config.json``."""
+        if freeze not in REGIME_DEFAULTS:
+            raise ValueError(f"a resolved freeze is 'trunks' or 'none', not {freeze!r}")
+        defaults = REGIME_DEFAULTS[freeze]
+        warmup = defaults.warmup_steps
+        if defaults.warmup_fraction:
+            warmup = min(warmup, int(defaults.warmup_fraction * total_steps))
+        return dataclasses.replace(self, freeze=freeze, lr=self.lr if self.lr > 0 else defaults.lr,
+                                   warmup_steps=self.warmup_steps if self.warmup_steps >= 0 else warmup)
+
+    def resume_conflicts(self, saved: dict[str, Any]) -> list[str]:
+        """The fields in which ``saved`` (the config a state file was written with) differs from this one,
+        other than :data:`RESUME_MAY_CHANGE`, as ``"key: saved -> now"``. Both configs resolved."""
+        mine = dataclasses.asdict(self)
+        return [f"{key}: {saved[key]!r} -> {mine[key]!r}" for key in mine
+                if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != mine[key]]
+
     def optimizer_options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`gclcore.optim.build_optimizer`."""
         return {"lr": self.lr, "weight_decay": self.weight_decay, "betas": (self.beta1, self.beta2), "eps": self.eps,
@@ -96,6 +120,37 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         return cls(**coerce_overrides(values))
+
+
+@dataclass(frozen=True)
+class RegimeDefaults:
+    """The learning-rate defaults of one training regime (``lr=0`` / ``warmup_steps=-1`` ask for them)."""
+
+    lr: float
+    warmup_steps: int
+    warmup_fraction: float = 0.0  # > 0: the warm-up is at most this fraction of the run's steps
+
+
+REGIME_DEFAULTS = {
+    # Heads only (locked trunks, LiT-style): the projection heads start from a random init, so they take
+    # a large step size; tuned on the synthetic shop (the book's runs).
+    "trunks": RegimeDefaults(lr=1e-3, warmup_steps=20),
+    # Full fine-tuning of pretrained towers: two orders of magnitude smaller, inside the 1e-6 .. 5e-5 that
+    # open_clip users fine-tune CLIP with (open_clip's own fine-tuning example: ViT-B-32 from
+    # laion2b_s34b_b79k at --lr 1e-5); 1e-3 would wreck the pretrained features within a few hundred
+    # steps. A longer warm-up (500 steps, as CLIP fine-tuning recipes use), capped at a tenth of short runs.
+    "none": RegimeDefaults(lr=1e-5, warmup_steps=500, warmup_fraction=0.1),
+}
+"""``freeze`` (resolved) -> its defaults; see the methods page, "Optimisation"."""
+
+
+RESUME_MAY_CHANGE = frozenset({
+    "resume", "output_dir", "data_dir", "image_root", "feature_cache_dir", "device", "dist_backend",
+    "dist_timeout_min", "workers", "progress", "tensorboard", "log_every", "save_every", "save_every_minutes",
+    "epoch_checkpoints", "eval_every", "test_splits", "epochs", "max_steps", "warmup_steps"})
+"""Fields a resumed run may change (where things are, how it reports and saves, how long it runs: the
+default full fine-tuning warm-up follows the run's length); any other difference means another run, and
+resuming refuses it (:meth:`TrainConfig.resume_conflicts`)."""
 
 
 def config_fields() -> dict[str, type]:

@@ -190,7 +190,7 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
                    rhs_fields: tuple[Field, ...] = (Field("image_local"),), weight_key: str = "score_linear",
                    top_q: int = 2000, top_k: int = 1000, query_set: str = "sampled",
                    ks: tuple[int, ...] | None = None, cache_dir: str | os.PathLike | None | bool = None,
-                   progress: bool = True) -> SplitResult:
+                   progress: bool = True, corpus_subset: np.ndarray | None = None) -> SplitResult:
     """Evaluate one split (a CSV stem or HF split name) and write the reference outputs to ``output_dir``.
 
     ``data`` is a dataset folder or a :class:`gclcore.data.Dataset`; ``image_root`` (with a folder) is
@@ -198,6 +198,8 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     ``output_dir/cache``), keyed by the model checksum, the field and the data (the sampled queries, or
     the corpus file and image root), so another fusion of the same fields embeds nothing again;
     ``cache_dir=False`` turns caching off (weights that keep changing).
+    ``corpus_subset`` (row indices into the split's corpus, e.g. :func:`dev_subcorpus`) searches only those
+    products, as if the corpus held just them: not the published protocol, a bounded in-training check.
     """
     dataset = open_dataset(data, image_root)
     split = dataset.split_id(split)
@@ -231,6 +233,10 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     query_tag = hashlib.sha256("\n".join(sampled).encode()).hexdigest()[:16]
     query_emb = embed_items(encoder, query_table, lhs_fields, resolver, cached=field_cache("queries", query_tag))
     corpus = dataset.corpus(split)
+    if corpus_subset is not None:  # a sub-corpus (dev_subcorpus): those rows, in corpus order, cached apart
+        rows = np.unique(np.asarray(corpus_subset, dtype=np.int64))
+        corpus = corpus.iloc[rows].reset_index(drop=True)
+        cache = None if cache is None else cache / f"subset-{hashlib.sha256(rows.tobytes()).hexdigest()[:16]}"
     corpus_tag = dataset.corpus_digest(split)
     corpus_emb = embed_items(encoder, corpus, rhs_fields, resolver, cached=field_cache("corpus", corpus_tag))
     timings["embed_s"] = time.perf_counter() - t1
@@ -269,6 +275,40 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     if resolver is not None:
         resolver.warn_placeholders("embedded")
     return SplitResult(split, summary, means, per_query, out, timings)
+
+
+def judged_products(dataset: Dataset, split: str, *, query_set: str = "dev",
+                    lhs_fields: tuple[Field, ...] = (Field("query"),), weight_key: str = "score_linear",
+                    top_q: int = 2000, top_k: int = 1000) -> set[str]:
+    """Every product id the qrels of :func:`evaluate_split` (same arguments) judge for ``split``."""
+    import tempfile
+
+    split, frame = dataset.split_id(split), dataset.rows(split)
+    keys = query_keys(frame, tuple(f.name for f in lhs_fields))
+    with tempfile.TemporaryDirectory() as scratch:  # the qrels' own files go nowhere
+        qrels, _ = _load_or_build_qrels(frame, keys, dataset, split, Path(scratch), weight_key, top_q, top_k,
+                                        query_set)
+    return {pid for judged in qrels.values() for pid in judged}
+
+
+def dev_subcorpus(dataset: Dataset, split: str, size: int, *, seed: int = 0, **qrels_options) -> np.ndarray:
+    """A fixed sub-corpus of ``split`` for bounded evaluation during training: sorted row indices into
+    ``dataset.corpus(split)``.
+
+    It holds every product the evaluation's qrels judge (:func:`judged_products`; ``qrels_options`` are
+    its keyword arguments) plus distractors drawn without replacement from the rest of the corpus by
+    ``numpy.random.default_rng(seed)``, up to ``size`` products in all; the same arguments give the same
+    rows. ``size <= 0`` or at least the corpus size: every row (the full corpus). When more than ``size``
+    products are judged, all of them are kept (and no distractor).
+    """
+    corpus = dataset.corpus(split)
+    if size <= 0 or size >= len(corpus):
+        return np.arange(len(corpus))
+    judged = corpus["product_id"].astype(str).isin(judged_products(dataset, split, **qrels_options)).to_numpy()
+    rest = np.flatnonzero(~judged)
+    distractors = np.random.default_rng(seed).choice(rest, size=min(len(rest), max(0, size - int(judged.sum()))),
+                                                      replace=False)
+    return np.sort(np.concatenate([np.flatnonzero(judged), distractors]))
 
 
 def _write_json(path: Path, value) -> None:

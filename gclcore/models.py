@@ -378,8 +378,10 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
                 {k: v for k, v in lite0_state_dict().items() if not k.startswith("classifier.")})
     else:
         tag = None if random_init or checkpoint else pretrained
-        net, preprocess_train, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=tag, **open_clip_kwargs)
+        # built without weights when a checkpoint follows: open_clip's "initialized randomly" would be untrue
+        with _root_messages_dropped("Model initialized randomly") if checkpoint else contextlib.nullcontext():
+            net, preprocess_train, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=tag, **open_clip_kwargs)
     if seed is not None:
         torch.default_generator.set_state(caller_rng)
     if checkpoint:
@@ -398,6 +400,18 @@ class _DropMessages(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(f in record.getMessage() for f in self.fragments)
+
+
+@contextlib.contextmanager
+def _root_messages_dropped(*fragments: str):
+    """Drop the root logger's records (open_clip logs there) that contain any of ``fragments``, for the
+    block only; every other message still shows."""
+    drop = _DropMessages(*fragments)
+    logging.getLogger().addFilter(drop)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(drop)
 
 
 @contextlib.contextmanager

@@ -89,11 +89,22 @@ def plot_training(log: pd.DataFrame):
     for key, label in (("eval/NDCG@10", "nDCG@10"), ("eval/mERR", "ERR"), ("eval/mRBP9", "RBP9")):
         if key in evals:
             axes[3].plot(evals["step"], evals[key], marker="o", label=label)
-    axes[3].set_title("dev metrics")
+    axes[3].set_title(dev_corpus_label(evals, "dev metrics"), fontsize=10)
     axes[3].set_xlabel("step")
     axes[3].legend()
     fig.tight_layout()
     return fig
+
+
+def dev_corpus_label(evals: pd.DataFrame, prefix: str = "dev") -> str:
+    """What the in-training evaluations searched, from their ``eval/corpus_size`` / ``eval/corpus_total``:
+    ``"dev metrics: sub-corpus of 20,000 of 1,000,000 products"``, or ``"...: full corpus, N products"``."""
+    if "eval/corpus_size" not in evals or not len(evals):
+        return prefix  # a run logged before sub-corpora were recorded
+    size, total = int(evals["eval/corpus_size"].iloc[-1]), int(evals["eval/corpus_total"].iloc[-1])
+    if size < total:
+        return f"{prefix}: sub-corpus of {size:,} of {total:,} products"
+    return f"{prefix}: full corpus, {total:,} products"
 
 
 def per_query(runs_dir: str | os.PathLike, names: list[str], split: str) -> pd.DataFrame:

@@ -1,7 +1,8 @@
 """A run's log: one JSON line per logged step or evaluation, optionally mirrored to TensorBoard.
 
 ``log.jsonl`` rows are either training rows (``step``, ``epoch``, ``loss``, ``lr``, ``logit_scale``,
-``samples_per_s``) or evaluation rows (``step``, ``epoch``, ``eval/<metric>``). The trainer writes it
+``samples_per_s``) or evaluation rows (``step``, ``epoch``, ``eval/<metric>``, and ``eval/corpus_size`` /
+``eval/corpus_total``: the products searched, a dev sub-corpus when smaller than the split's corpus). The trainer writes it
 through :class:`RunLog`; the book reads it back with :func:`read_history` and :func:`split_history`.
 """
 

@@ -162,22 +162,27 @@ class FullTowers:
         return embedded
 
 
-def build_towers(freeze: str, encoder, rows: pd.DataFrame, fields: tuple[Field, ...], dataset: Dataset, *,
-                 cache_dir: str, seed: int, workers: int, progress: bool) -> Towers:
-    """Head or full towers for ``freeze``: ``"trunks"``, ``"none"``, or ``"auto"`` (locked trunks when the
-    towers can be split into trunk + head, as the embedded default model's can; else full fine-tuning)."""
+def resolve_freeze(freeze: str, model: torch.nn.Module) -> str:
+    """The regime ``freeze`` means for ``model``: ``"trunks"`` or ``"none"`` as given; ``"auto"`` is
+    ``"trunks"`` (locked trunks) when the towers can be split into trunk + head, as the embedded default
+    model's can, else ``"none"`` (full fine-tuning, e.g. ViT-B-32)."""
     from gclcore.features import check_splittable
 
     if freeze not in ("auto", "trunks", "none"):
         raise ValueError(f"freeze must be auto, trunks or none, not {freeze!r}")
-    locked = freeze == "trunks"
-    if freeze == "auto":
-        try:
-            check_splittable(encoder.model)
-            locked = True
-        except ValueError:
-            locked = False
-    if locked:
+    if freeze != "auto":
+        return freeze
+    try:
+        check_splittable(model)
+        return "trunks"
+    except ValueError:
+        return "none"
+
+
+def build_towers(freeze: str, encoder, rows: pd.DataFrame, fields: tuple[Field, ...], dataset: Dataset, *,
+                 cache_dir: str, seed: int, workers: int, progress: bool) -> Towers:
+    """Head or full towers for ``freeze`` (``"trunks"``, ``"none"`` or ``"auto"``: :func:`resolve_freeze`)."""
+    if resolve_freeze(freeze, encoder.model) == "trunks":
         return HeadTowers(encoder, rows, fields, dataset, cache_dir or str(dataset.root / ".feature-cache"), workers,
                           progress)
     return FullTowers(encoder, rows, fields, dataset.image_resolver(), seed, workers)

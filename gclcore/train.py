@@ -2,8 +2,10 @@
 
 Read :func:`train` top to bottom: the model and the rows, the towers, the objective, optimiser and
 schedule, resume, then the loop: :func:`train_step` (embed -> GCL loss -> backward -> clip -> step),
-logging, periodic evaluation on the dev ground truth and atomic checkpoints. The parts live in their own
-modules: :mod:`gclcore.config` (every option), :mod:`gclcore.towers` (head-only or full fine-tuning),
+logging, periodic evaluation on the dev ground truth (over a fixed dev sub-corpus: :class:`DevEvaluation`)
+and atomic checkpoints. The regime's learning-rate defaults are resolved once the model is loaded
+(:meth:`~gclcore.config.TrainConfig.resolved`), printed and recorded in ``config.json``. The parts live
+in their own modules: :mod:`gclcore.config` (every option), :mod:`gclcore.towers` (head-only or full fine-tuning),
 :mod:`gclcore.optim` (AdamW, warm-up + cosine, precision), :mod:`gclcore.checkpoint` (state, save,
 resume), :mod:`gclcore.runlog` (``log.jsonl``, TensorBoard) and :mod:`gclcore.distributed` (torchrun).
 
@@ -37,12 +39,12 @@ from gclcore import checkpoint, distributed
 from gclcore.checkpoint import TrainState
 from gclcore.config import TrainConfig, parse_overrides
 from gclcore.data import Dataset, atomic_write, open_dataset
-from gclcore.evaluate import evaluate, evaluate_split
+from gclcore.evaluate import dev_subcorpus, evaluate, evaluate_split
 from gclcore.fusion import Field, Side, parse_fields
 from gclcore.loss import GCLLoss, multi_field_loss
 from gclcore.optim import Precision, build_optimizer, cosine_schedule, set_lr
 from gclcore.runlog import RunLog, Throughput, split_history
-from gclcore.towers import Towers, build_towers, split_batch
+from gclcore.towers import Towers, build_towers, resolve_freeze, split_batch
 from gclcore.weights import get_stw
 
 
@@ -56,6 +58,8 @@ class TrainResult:
     samples_per_s: float = 0.0
     test: pd.DataFrame | None = None
     """One summary row per split from ``test_splits`` (also in ``output_dir/test/results.csv``)."""
+    config: TrainConfig | None = None
+    """The config as the run used it (resolved regime and learning rate; also ``output_dir/config.json``)."""
 
 
 def training_rows(cfg: TrainConfig, fields: tuple[Field, ...], dataset: Dataset | None = None) -> pd.DataFrame:
@@ -153,13 +157,31 @@ def train_step(towers: Towers, objective: PairObjective, batch, optimizer: torch
 
 class DevEvaluation:
     """Evaluation during training (``eval_split`` with the shipped ``eval_query_set`` ground truth) on
-    rank 0 while the other ranks wait; each evaluated step becomes an ``eval/*`` row of the log."""
+    rank 0 while the other ranks wait; each evaluated step becomes an ``eval/*`` row of the log.
+
+    It is bounded: the products searched are a **dev sub-corpus** of ``eval_corpus_size`` products (every
+    judged product + distractors, :func:`gclcore.evaluate.dev_subcorpus`), chosen once per run by a fixed
+    seed, so every evaluation, resumed runs and other runs on the same data search the same products.
+    Each row carries ``eval/corpus_size`` (products searched) and ``eval/corpus_total`` (the split's
+    corpus); the ids are in ``<run>/eval/dev-subcorpus.txt``. The published protocol over the full
+    corpus is :meth:`test` (``test_splits``), after training.
+    """
 
     def __init__(self, cfg: TrainConfig, dataset: Dataset, towers: Towers, lhs, rhs, log: RunLog,
                  ctx: distributed.Context):
         self.cfg, self.dataset, self.towers, self.lhs, self.rhs, self.log, self.ctx = (
             cfg, dataset, towers, lhs, rhs, log, ctx)
         self.done = log.evaluated_steps()  # the same on every rank
+        self.subset, self.sizes = None, {}
+        if cfg.eval_split and ctx.is_main:
+            corpus = dataset.corpus(cfg.eval_split)
+            rows = dev_subcorpus(dataset, cfg.eval_split, cfg.eval_corpus_size, query_set=cfg.eval_query_set,
+                                 lhs_fields=lhs, top_q=cfg.eval_top_q, top_k=cfg.eval_top_k)
+            if len(rows) < len(corpus):  # else the full corpus, exactly as evaluate_split searches it
+                self.subset = rows
+                with atomic_write(_mkdir(Path(cfg.output_dir) / "eval") / "dev-subcorpus.txt") as fh:
+                    fh.writelines(f"{pid}\n" for pid in corpus["product_id"].astype(str).to_numpy()[rows])
+            self.sizes = {"eval/corpus_size": len(rows), "eval/corpus_total": len(corpus)}
 
     def __call__(self, state: TrainState) -> None:
         cfg = self.cfg
@@ -171,8 +193,8 @@ class DevEvaluation:
             result = evaluate_split(self.towers.eval_encoder, self.dataset, cfg.eval_split,
                                     Path(cfg.output_dir) / "eval" / f"step-{state.step:06d}", lhs_fields=self.lhs,
                                     rhs_fields=self.rhs, top_q=cfg.eval_top_q, top_k=cfg.eval_top_k, query_set=cfg.eval_query_set,
-                                    cache_dir=False, progress=False)
-            self.log.append({"step": state.step, "epoch": state.epoch,
+                                    cache_dir=False, progress=False, corpus_subset=self.subset)
+            self.log.append({"step": state.step, "epoch": state.epoch, **self.sizes,
                              **{f"eval/{k}": v for k, v in result.metrics.items()}})
         distributed.barrier(self.ctx)
 
@@ -202,14 +224,17 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     sampler, ctx, out = sampler or epoch_batches, distributed.from_environment(), Path(cfg.output_dir)
     device = distributed.start(ctx, cfg.dist_backend, cfg.dist_timeout_min) or torch.device(
         cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    _start_run(cfg, out, ctx)
+    _seed_everything(cfg)
 
-    # the model, the rows and their weights, the towers, the objective
+    # the model, the rows and their weights, the steps, the regime and its defaults, the towers, the objective
     encoder = _load_model(cfg, device, ctx)
     model = encoder.model
     lhs, rhs = parse_fields(cfg.lhs_fields), parse_fields(cfg.rhs_fields)
     dataset = open_dataset(cfg.data_dir, cfg.image_root or None)
     rows = training_rows(cfg, lhs + rhs, dataset)
+    batch_rows = cfg.batch_size * cfg.accum_freq * ctx.world  # the global batch
+    total_steps = _total_steps(cfg, len(sampler(len(rows), batch_rows, cfg.seed, 0)), len(rows), batch_rows)
+    cfg = _record_config(cfg, cfg.resolved(resolve_freeze(cfg.freeze, model), total_steps), total_steps, out, ctx)
     towers = distributed.main_first(ctx, lambda: build_towers(
         cfg.freeze, encoder, rows, lhs + rhs, dataset, cache_dir=cfg.feature_cache_dir, seed=cfg.seed,
         workers=cfg.workers, progress=cfg.progress))
@@ -218,17 +243,17 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
 
     # optimiser, schedule, precision, resume
     optimizer, params = build_optimizer(towers.trainable(), model.logit_scale, **cfg.optimizer_options())
-    batch_rows = cfg.batch_size * cfg.accum_freq * ctx.world  # the global batch
-    total_steps = _total_steps(cfg, len(sampler(len(rows), batch_rows, cfg.seed, 0)), len(rows), batch_rows)
     lr_at = cosine_schedule(cfg.lr, cfg.warmup_steps, total_steps)
     precision = Precision.choose(cfg.precision, device)
     resume = checkpoint.resume_path(out, cfg.resume)
-    state = checkpoint.load_state(resume, model, optimizer, precision.scaler, ctx) if resume else TrainState()
+    state = checkpoint.load_state(resume, model, optimizer, precision.scaler, ctx, cfg) if resume else TrainState()
     log = RunLog(out, state.history, write=ctx.is_main, tensorboard=cfg.tensorboard)
     evaluation = DevEvaluation(cfg, dataset, towers, lhs, rhs, log, ctx)
+    clock = checkpoint.SaveClock(cfg.save_every_minutes, ctx, device)
 
     def save_state():
         checkpoint.save_state(out, model, optimizer, precision.scaler, state, cfg, ctx)
+        clock.reset()
 
     if state.step == 0:
         evaluation(state)  # the untrained (zero-shot) model: the like-for-like baseline row
@@ -246,13 +271,14 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
             state.advance()
             throughput.add(len(towers.indices(batch)) * ctx.world)
             bar.update(1)
-            if state.step % cfg.log_every == 0 or state.step == total_steps:
+            logged = state.step % cfg.log_every == 0 or state.step == total_steps
+            if logged:
                 row = _progress_row(state, loss, lr_at(state.step - 1), model, throughput, ctx, device)
                 log.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{row['samples_per_s']:.0f}")
             if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
                 evaluation(state)
-            if cfg.save_every > 0 and state.step % cfg.save_every == 0:
+            if (cfg.save_every > 0 and state.step % cfg.save_every == 0) or (logged and clock.due()):
                 save_state()
             if on_step is not None:
                 on_step(state.step)
@@ -272,7 +298,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     test = evaluation.test()
     log.close()
     distributed.stop(ctx)
-    return _result(out, state, test)
+    return _result(out, state, test, cfg)
 
 
 def _load_model(cfg: TrainConfig, device: torch.device, ctx: distributed.Context):
@@ -293,10 +319,11 @@ def _progress_row(state: TrainState, loss: torch.Tensor, lr: float, model, throu
             "lr": lr, "logit_scale": model.logit_scale.exp().item(), "samples_per_s": throughput.rate()}
 
 
-def _result(out: Path, state: TrainState, test: pd.DataFrame | None) -> TrainResult:
+def _result(out: Path, state: TrainState, test: pd.DataFrame | None, cfg: TrainConfig) -> TrainResult:
     train_rows, eval_rows = split_history(pd.DataFrame(state.history))
     speeds = train_rows["samples_per_s"].to_numpy() if len(train_rows) else np.array([0.0])
-    return TrainResult(out, train_rows, eval_rows, out / "model.pt", state.step, float(np.median(speeds)), test)
+    return TrainResult(out, train_rows, eval_rows, out / "model.pt", state.step, float(np.median(speeds)), test,
+                       cfg)
 
 
 def _total_steps(cfg: TrainConfig, steps_per_epoch: int, n_rows: int, batch_rows: int) -> int:
@@ -306,12 +333,31 @@ def _total_steps(cfg: TrainConfig, steps_per_epoch: int, n_rows: int, batch_rows
     return min(cfg.max_steps, total) if cfg.max_steps else total
 
 
-def _start_run(cfg: TrainConfig, out: Path, ctx: distributed.Context) -> None:
-    """The run folder with its ``config.json`` (rank 0), and every RNG seeded from ``cfg.seed``."""
+_REGIMES = {"trunks": "heads only (locked trunks)", "none": "full fine-tuning"}
+
+
+def _record_config(given: TrainConfig, cfg: TrainConfig, total_steps: int, out: Path,
+                   ctx: distributed.Context) -> TrainConfig:
+    """The run folder with ``config.json`` = the resolved ``cfg`` (rank 0), and one printed line naming the
+    regime and its learning rate, and whether that is the regime's default or was given; returns ``cfg``."""
     out.mkdir(parents=True, exist_ok=True)
     if ctx.is_main:
         with atomic_write(out / "config.json") as fh:
             json.dump(dataclasses.asdict(cfg), fh, indent=1)
+        lr_from = "given" if given.lr > 0 else "default"
+        warmup_from = "given" if given.warmup_steps >= 0 else "default"
+        print(f"{cfg.model}: {_REGIMES[cfg.freeze]}, lr {cfg.lr:g} ({lr_from}), warm-up {cfg.warmup_steps} "
+              f"steps ({warmup_from}) of {total_steps}; run folder {out}", flush=True)
+    return cfg
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _seed_everything(cfg: TrainConfig) -> None:
+    """Every RNG seeded from ``cfg.seed``."""
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)

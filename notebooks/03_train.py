@@ -28,7 +28,19 @@
 # through a score-to-weight function, and multiplies that pair's terms of the symmetric in-batch
 # contrastive loss (see the methods chapter). With the embedded default model the pretrained trunks are
 # frozen and their features cached once, and the projection heads are trained (LiT-style); other open_clip
-# models are fine-tuned end to end.
+# models are fine-tuned end to end. Each regime has its own learning-rate default (1e-3 heads only, 1e-5
+# full fine-tuning; `-p lr ...` overrides), printed when training starts.
+#
+# **Long runs.** On real data the training cell runs for hours: papermill sets no cell time limit unless
+# asked (`--execution-timeout`), and `make book DATA_DIR=...` sets none either (it keeps 30 minutes per
+# cell for the synthetic shop only). The run saves its full state at least every `save_every_minutes`
+# (30; `save_every` adds saves by steps or epochs), and with `resume="latest"` (this notebook's default)
+# running the notebook again after an interruption (a dead kernel, a lost session) continues from the last
+# saved state, exactly; a state saved by a different configuration is refused, naming the differences;
+# `-p resume ""` starts the run over. During training the dev metrics are computed on a fixed **dev
+# sub-corpus** (the dev queries' judged products plus sampled distractors, `eval_corpus_size` products),
+# so that an evaluation stays short; the four splits are evaluated with the full published protocol at
+# the end.
 
 # %% tags=["parameters"]
 data_dir = ""          # the dataset folder; "" -> the embedded synthetic shop (generated on first use)
@@ -38,6 +50,7 @@ pretrained = ""        # "" -> the model's standard weights; a checkpoint file; 
 experiment = "gcl-linear"
 experiments_file = ""  # "" -> book/experiments.yaml
 runs_dir = ""          # the run is written to <runs_dir>/<experiment>; "" -> build/runs
+resume = "latest"      # continue the run's saved state when there is one (a re-run after an interruption)
 
 # %%
 from IPython.display import Markdown, display
@@ -59,23 +72,29 @@ overrides = {name: value for name, value in dict(globals()).items() if name in c
 cfg = experiments.run_config(spec, experiment, runs_dir, overrides)
 display(Markdown(f"Run **{experiment}** of `{cfg.model}` ({cfg.pretrained or 'packaged weights'}): STW `{cfg.stw}`, "
                  f"query fields `{cfg.lhs_fields}`, document fields `{cfg.rhs_fields}` ({cfg.field_mode}), "
-                 f"batch {cfg.batch_size}, {cfg.epochs} epochs, lr {cfg.lr}; writing `{cfg.output_dir}`."))
+                 f"batch {cfg.batch_size}, {cfg.epochs} epochs; writing `{cfg.output_dir}`."))
 result = train(cfg)
 
 # %% [markdown]
 # ## Curves
 # Loss, learning rate (warm-up then cosine), throughput and the dev metrics (shipped dev ground truth of
-# the novel-query split; the test half is never looked at during training).
+# the novel-query split; the test half is never looked at during training). The dev metrics' title says
+# which products they searched: the fixed dev sub-corpus, or the full corpus when it is no larger than
+# `eval_corpus_size` (as on the synthetic shop). Sub-corpus values are typically higher than full-corpus ones
+# (fewer distractors) and are comparable only with each other.
 
 # %%
 log = report.history(result.output_dir)
 report.plot_training(log);
 
 # %%
-speed = result.samples_per_s
-display(Markdown(f"{result.steps} steps; median throughput **{speed:,.0f} samples/s**; checkpoint `{result.checkpoint}`."))
+speed, used = result.samples_per_s, result.config
+display(Markdown(f"{result.steps} steps ({'heads only' if used.freeze == 'trunks' else 'full fine-tuning'}, "
+                 f"lr {used.lr:g}, warm-up {used.warmup_steps} steps); median throughput **{speed:,.0f} samples/s**; "
+                 f"checkpoint `{result.checkpoint}`."))
 if len(result.evaluations):  # absent when eval_split is ""
-    display(result.evaluations[["step", "eval/NDCG@10", "eval/mERR", "eval/mRBP9", "eval/MRR@10"]])
+    display(Markdown(f"Evaluations during training, {report.dev_corpus_label(result.evaluations, 'dev set')}:"))
+    display(result.evaluations[["step", "eval/NDCG@10", "eval/mERR", "eval/mRBP9", "eval/MRR@10", "eval/corpus_size"]])
 
 # %% [markdown]
 # ## The four splits after training (reference protocol)

@@ -43,3 +43,37 @@ def test_yaml_config_with_overrides(tmp_path):
     path.write_text("- not a mapping\n")
     with pytest.raises(ValueError, match="expected a mapping"):
         TrainConfig.from_yaml(path)
+
+
+def test_learning_rate_defaults_per_regime():
+    from gclcore.config import REGIME_DEFAULTS
+
+    heads, full = TrainConfig().resolved("trunks", 1000), TrainConfig().resolved("none", 20_000)
+    assert (heads.freeze, heads.lr, heads.warmup_steps) == ("trunks", 1e-3, 20)
+    assert (full.freeze, full.lr, full.warmup_steps) == ("none", 1e-5, 500)
+    assert REGIME_DEFAULTS["none"].lr <= 5e-5  # the range open_clip users fine-tune CLIP with
+    assert TrainConfig().resolved("none", 800).warmup_steps == 80  # at most a tenth of a short run
+    assert TrainConfig().resolved("trunks", 50).warmup_steps == 20
+
+
+@pytest.mark.parametrize("freeze", ["trunks", "none"])
+def test_explicit_learning_rate_and_warmup_win(freeze):
+    cfg = TrainConfig.from_dict(parse_overrides(["lr=3e-4", "warmup_steps=0"])).resolved(freeze, 10_000)
+    assert (cfg.lr, cfg.warmup_steps) == (3e-4, 0)
+    assert TrainConfig(warmup_steps=7).resolved(freeze, 10_000).warmup_steps == 7
+    assert TrainConfig(lr=2e-6).resolved(freeze, 10_000).lr == 2e-6
+
+
+def test_resolution_needs_a_resolved_regime():
+    with pytest.raises(ValueError, match="'trunks' or 'none', not 'auto'"):
+        TrainConfig().resolved("auto", 100)
+
+
+def test_resume_conflicts_name_the_fields_that_define_another_run():
+    import dataclasses
+
+    saved = dataclasses.asdict(TrainConfig(stw="linear", lr=1e-3))
+    assert TrainConfig(stw="linear", lr=1e-3, progress=False, max_steps=99, output_dir="elsewhere").resume_conflicts(
+        saved) == []
+    assert TrainConfig(stw="log", lr=1e-3).resume_conflicts(saved) == ["stw: 'linear' -> 'log'"]
+    assert TrainConfig(lr=1e-3).resume_conflicts({"stw": "linear", "a_field_of_another_version": 1}) == []

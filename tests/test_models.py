@@ -195,3 +195,21 @@ def test_random_initialisation_is_seeded_and_leaves_the_caller_generator_alone()
     assert load_encoder("default", device="cpu", seed=1).checksum() != first.checksum()
     torch.manual_seed(0)
     assert load_encoder("default", device="cpu", seed=None).checksum() == first.checksum()  # seed 0, drawn as is
+
+
+def test_no_random_init_warning_when_a_checkpoint_is_loaded(tmp_path, caplog):
+    """open_clip builds the model without weights before our loader puts the checkpoint in; its "initialized
+    randomly" warning would be untrue then, and is dropped. Asked-for random weights still say so."""
+    import open_clip
+
+    net = open_clip.create_model("ViT-S-32", pretrained=None)
+    torch.save({k: v.half() for k, v in net.state_dict().items()}, tmp_path / "vits32.pt")  # half: a smaller file
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        models.load_encoder("ViT-S-32", str(tmp_path / "vits32.pt"), device="cpu")
+    assert "initialized randomly" not in caplog.text
+    assert "Instantiating model architecture" in caplog.text  # open_clip's other messages still show
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        models.load_encoder("ViT-S-32", "none", device="cpu")
+    assert "No pretrained weights loaded for model 'ViT-S-32'. Model initialized randomly." in caplog.text

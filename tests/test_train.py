@@ -50,7 +50,9 @@ def _final_weights(path):
 
 
 def test_kill_and_resume_reproduce_the_uninterrupted_run(tmp_path, tiny_shop):
-    full = trainer.train(config(tmp_path / "a", tiny_shop, save_every=3))
+    """... the dev sub-corpus included: chosen once, the same in every evaluation, after a resume too."""
+    bounded = dict(save_every=3, eval_every=4, eval_corpus_size=60)
+    full = trainer.train(config(tmp_path / "a", tiny_shop, **bounded))
 
     class Killed(Exception):
         pass
@@ -59,14 +61,21 @@ def test_kill_and_resume_reproduce_the_uninterrupted_run(tmp_path, tiny_shop):
         if step == 7:
             raise Killed
 
-    cfg = config(tmp_path / "b", tiny_shop, save_every=3)
+    cfg = config(tmp_path / "b", tiny_shop, **bounded)
     with pytest.raises(Killed):
         trainer.train(cfg, on_step=kill_at_7)
+    chosen = (tmp_path / "b" / "run" / "eval" / "dev-subcorpus.txt").read_text()
     resumed = trainer.train(cfg, resume="latest")  # continues from the step-6 state
     a, b = _final_weights(full.checkpoint), _final_weights(resumed.checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.steps == full.steps
     assert resumed.history["loss"].tolist() == pytest.approx(full.history["loss"].tolist())
+    # every evaluation searched the same 60 products (of 136), before and after the resume
+    evals = resumed.evaluations
+    assert len(evals) >= 4 and set(evals["eval/corpus_size"]) == {60} and set(evals["eval/corpus_total"]) == {136}
+    assert (tmp_path / "b" / "run" / "eval" / "dev-subcorpus.txt").read_text() == chosen
+    assert chosen == (tmp_path / "a" / "run" / "eval" / "dev-subcorpus.txt").read_text() and len(chosen.split()) == 60
+    assert evals["eval/NDCG@10"].tolist() == pytest.approx(full.evaluations["eval/NDCG@10"].tolist())
 
 
 def test_accumulation_keeps_full_batch_negatives(tmp_path, tiny_shop):
@@ -82,16 +91,35 @@ def test_config_from_yaml_and_cli(tmp_path, tiny_shop):
     path.write_text(f"data_dir: {tiny_shop}\noutput_dir: {tmp_path / 'cli'}\nbatch_size: 32\nepochs: 1\n"
                     f"stw: constant\neval_top_k: 20\nprogress: false\nfeature_cache_dir: {tmp_path.parent / 'features'}\n")
     assert trainer.main(["--config", str(path), "--set", "max_steps=2"]) == 0
-    assert json.loads((tmp_path / "cli" / "config.json").read_text())["stw"] == "constant"
+    recorded = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert recorded["stw"] == "constant"
+    # no lr / warmup_steps given: the heads-only defaults, recorded resolved
+    assert (recorded["freeze"], recorded["lr"], recorded["warmup_steps"]) == ("trunks", 1e-3, 20)
     with pytest.raises(ValueError, match="unknown config key"):
         trainer.TrainConfig.from_yaml(path, nonsense=1)
     assert trainer.main(["--config", str(path), "--set", "stw=cubic"]) == 2
 
 
-def test_full_fine_tuning_runs_on_cpu(tmp_path, tiny_shop):
-    result = trainer.train(config(tmp_path, tiny_shop, freeze="none", batch_size=8, epochs=1, max_steps=2,
-                                  workers=0, eval_top_q=3, eval_top_k=10))
-    assert result.steps == 2 and len(result.history) >= 1
+def test_full_fine_tuning_runs_on_cpu_with_its_own_learning_rate(tmp_path, tiny_shop, capsys):
+    result = trainer.train(config(tmp_path, tiny_shop, freeze="none", batch_size=8, epochs=1, max_steps=20,
+                                  workers=0, eval_top_q=3, eval_top_k=10, log_every=1, lr=0.0, warmup_steps=-1))
+    assert result.steps == 20 and len(result.history) >= 1
+    recorded = json.loads((result.output_dir / "config.json").read_text())
+    assert (recorded["freeze"], recorded["lr"], recorded["warmup_steps"]) == ("none", 1e-5, 2)  # 10% of 20 steps
+    assert result.config.lr == 1e-5 and result.history["lr"].max() == pytest.approx(1e-5)
+    assert "full fine-tuning, lr 1e-05 (default), warm-up 2 steps (default) of 20" in capsys.readouterr().out
+
+
+def test_regime_of_auto(tiny_shop):
+    import open_clip
+
+    from gclcore.towers import resolve_freeze
+
+    assert resolve_freeze("auto", load_encoder("default", device="cpu").model) == "trunks"
+    assert resolve_freeze("auto", open_clip.create_model("ViT-S-32", pretrained=None)) == "none"
+    assert resolve_freeze("trunks", None) == "trunks" and resolve_freeze("none", None) == "none"
+    with pytest.raises(ValueError, match="freeze must be"):
+        resolve_freeze("heads", None)
 
 
 def test_epoch_batches_are_deterministic_and_full():
@@ -209,3 +237,139 @@ def test_train_step_accumulation_equals_the_full_batch_step(tmp_path, tiny_shop)
         updated.append({k: after[k].clone() for k in changed})
     assert updated[0].keys() == updated[1].keys()
     assert all(torch.allclose(updated[0][k], updated[1][k], atol=1e-6) for k in updated[0])
+
+
+class PathHashEncoder:
+    """An embedding per text / resolved image path from its hash: the same item always embeds the same,
+    whatever else is embedded with it (so two corpora can be compared exactly)."""
+
+    def _embed(self, items):
+        import hashlib
+
+        rows = [np.random.default_rng(int(hashlib.sha256(s.encode()).hexdigest()[:8], 16)).normal(size=16) for s in items]
+        return torch.nn.functional.normalize(torch.tensor(np.array(rows), dtype=torch.float32), dim=1)
+
+    def encode_text(self, texts):
+        return self._embed([str(t) for t in texts])
+
+    def encode_image_files(self, paths, resolver):
+        return self._embed([str(resolver.resolve(p)) for p in paths])
+
+    def checksum(self):
+        return "path-hash"
+
+
+DEV = dict(query_set="dev", top_k=100)
+
+
+def test_dev_subcorpus_holds_the_judged_products_and_is_fixed(tiny_shop):
+    from gclcore.data import open_dataset
+    from gclcore.evaluate import dev_subcorpus, judged_products
+
+    dataset, split = open_dataset(tiny_shop), "query_1_product_id_0"
+    corpus = dataset.corpus(split)
+    ids = corpus["product_id"].astype(str).to_numpy()
+    judged = judged_products(dataset, split, **DEV)
+    rows = dev_subcorpus(dataset, split, 60, **DEV)
+    assert len(rows) == 60 and len(set(rows.tolist())) == 60 and (np.diff(rows) > 0).all()
+    assert judged and judged <= set(ids[rows])  # every judged product (that the corpus holds)
+    assert judged == set(ids) & {p for q in dataset.companion(split, "gt_dev").data.values() for p in q}
+    assert rows.tolist() == dev_subcorpus(open_dataset(tiny_shop), split, 60, **DEV).tolist()  # the same rows
+    assert dev_subcorpus(dataset, split, 60, seed=1, **DEV).tolist() != rows.tolist()
+    for size in (0, len(corpus), 10 ** 9):  # the full corpus
+        assert dev_subcorpus(dataset, split, size, **DEV).tolist() == list(range(len(corpus)))
+    assert set(ids[dev_subcorpus(dataset, split, 5, **DEV)]) == judged  # more judged than size: all kept
+
+
+def test_sub_corpus_metrics_equal_a_dataset_whose_corpus_is_the_sub_corpus(tmp_path, tiny_shop):
+    import shutil
+
+    from gclcore.data import open_dataset
+    from gclcore.evaluate import dev_subcorpus, evaluate_split
+
+    split, encoder = "query_1_product_id_0", PathHashEncoder()
+    dataset = open_dataset(tiny_shop)
+    rows = dev_subcorpus(dataset, split, 60, **DEV)
+    sub = evaluate_split(encoder, dataset, split, tmp_path / "sub", corpus_subset=rows, progress=False, **DEV)
+    # independently: a copy of the dataset whose corpus file holds only those products, in file order
+    copy = Path(shutil.copytree(tiny_shop, tmp_path / "copy", ignore=shutil.ignore_patterns("images")))
+    corpus_file = copy / dataset.files(split).corpus.name
+    raw = json.loads(corpus_file.read_text())
+    keep = set(dataset.corpus(split)["product_id"].astype(str).to_numpy()[rows])
+    corpus_file.write_text(json.dumps({pid: item for pid, item in raw.items() if pid in keep}))
+    alone = evaluate_split(encoder, open_dataset(copy, tiny_shop / "images"), split, tmp_path / "alone",
+                           progress=False, **DEV)
+    assert sub.metrics == alone.metrics and len(keep) == 60
+    full = evaluate_split(encoder, dataset, split, tmp_path / "full", progress=False, **DEV)
+    assert full.metrics != sub.metrics  # the distractors left out make a difference
+    whole = evaluate_split(encoder, dataset, split, tmp_path / "whole", progress=False,
+                           corpus_subset=dev_subcorpus(dataset, split, 10 ** 9, **DEV), **DEV)
+    assert whole.metrics == full.metrics
+
+
+def test_plots_say_which_corpus_the_dev_metrics_searched():
+    import pandas as pd
+
+    from gclcore.report import dev_corpus_label, plot_training
+
+    sub = pd.DataFrame({"step": [0, 10], "eval/NDCG@10": [0.1, 0.2], "eval/corpus_size": [20_000, 20_000],
+                        "eval/corpus_total": [1_500_000, 1_500_000]})
+    assert dev_corpus_label(sub) == "dev: sub-corpus of 20,000 of 1,500,000 products"
+    assert dev_corpus_label(sub.assign(**{"eval/corpus_size": 1_500_000})) == "dev: full corpus, 1,500,000 products"
+    assert dev_corpus_label(sub.drop(columns=["eval/corpus_size", "eval/corpus_total"])) == "dev"
+    log = pd.concat([pd.DataFrame({"step": [5], "loss": [1.0], "lr": [1e-3], "samples_per_s": [9.0]}), sub])
+    assert plot_training(log).axes[3].get_title() == "dev metrics: sub-corpus of 20,000 of 1,500,000 products"
+
+
+def test_long_runs_save_their_state_every_so_many_minutes(tmp_path, tiny_shop, monkeypatch):
+    from gclcore import checkpoint
+
+    now, saves, save_state = [0.0], [], checkpoint.save_state
+    monkeypatch.setattr(checkpoint.SaveClock, "now", staticmethod(lambda: now[0]))
+
+    def recorded(out, model, optimizer, scaler, state, cfg, ctx):
+        saves.append(state.step)
+        save_state(out, model, optimizer, scaler, state, cfg, ctx)
+
+    def tick(step):
+        now[0] += 25.0  # 25 s a step
+
+    monkeypatch.setattr(checkpoint, "save_state", recorded)
+    trainer.train(config(tmp_path, tiny_shop, epochs=2, max_steps=13, save_every=-1, save_every_minutes=1,
+                         eval_split="", epoch_checkpoints=False), on_step=tick)
+    assert saves == [4, 8, 12, 13]  # asked at log steps (every 2): due at step 4 (75 s), then 8, 12; the end
+
+
+def test_resume_refuses_a_state_of_another_configuration(tmp_path, tiny_shop):
+    cfg = config(tmp_path, tiny_shop, epochs=2, max_steps=4, save_every=2, eval_top_k=10)
+    trainer.train(cfg)
+    with pytest.raises(ValueError, match=r"another configuration \(stw: 'linear' -> 'constant'\).*resume=''"):
+        trainer.train(cfg, resume="latest", stw="constant")
+    longer = trainer.train(cfg, resume="latest", max_steps=6, progress=False)  # how long it runs may change
+    assert longer.steps == 6 and longer.history["step"].tolist()[:2] == [2, 4]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _make_dry_run(target: str, *variables: str) -> list[str]:
+    done = subprocess.run(["make", "-n", "-B", target, "BOOK_NAME=dry", *variables], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, check=True)
+    return done.stdout.splitlines()
+
+
+def test_real_data_has_no_cell_time_limit_and_resumes():
+    """`make book DATA_DIR=<real data>`: notebook 03's multi-hour training cell gets no papermill time
+    limit and continues its saved state; the embedded synthetic shop keeps 30 min a cell and retrains."""
+    import papermill
+
+    real = "DATA_DIR=/data/marqo-gs-dataset/marqo_gs_full_10m"
+    papermill_real = [line for line in _make_dry_run("build/dry/03_train.ipynb", real) if "papermill" in line]
+    assert len(papermill_real) == 1 and "--execution-timeout" not in papermill_real[0]
+    assert "-p resume 'latest'" in papermill_real[0]
+    runs_real = [line for line in _make_dry_run("build/dry/runs/.done", real) if "experiments run" in line]
+    assert len(runs_real) == 1 and "--set resume=latest" in runs_real[0]
+    papermill_synth = [line for line in _make_dry_run("build/dry/03_train.ipynb") if "papermill" in line]
+    assert "--execution-timeout 1800" in papermill_synth[0] and "-p resume ''" in papermill_synth[0]
+    declared = papermill.inspect_notebook(str(REPO / "notebooks" / "03_train.ipynb"))
+    assert declared["resume"]["default"] == '"latest"'  # papermill or JupyterLab by hand: a re-run continues
