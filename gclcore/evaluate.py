@@ -266,6 +266,7 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     # the published output.json (its aggregation script reads every top-level entry as a dict of
     # metrics), with this evaluation's provenance as one more such dict
     provenance = {"split": split, "queries": len(sampled), "corpus": dataset.corpus_label(split), "ground_truth": truth,
+                  "corpus_size": len(corpus), "sub_corpus": corpus_subset is not None,
                   "lhs_fields": format_fields(lhs_fields), "rhs_fields": format_fields(rhs_fields),
                   "query_set": query_set, "top_q": top_q, "top_k": top_k, "model_checksum": checksum,
                   "timings_s": {k: round(v, 3) for k, v in timings.items()}}
