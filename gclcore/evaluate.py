@@ -201,6 +201,8 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     ``corpus_subset`` (row indices into the split's corpus, e.g. :func:`dev_subcorpus`) searches only those
     products, as if the corpus held just them: not the published protocol, a bounded in-training check.
     """
+    if top_k < 1 or (top_q < 1 and top_q != -1):
+        raise ValueError(f"top_k must be >= 1 and top_q >= 1 (or -1: every query), not top_k={top_k}, top_q={top_q}")
     dataset = open_dataset(data, image_root)
     split = dataset.split_id(split)
     out = Path(output_dir)
@@ -209,7 +211,8 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     t0 = time.perf_counter()
     frame = dataset.rows(split)
     keys = query_keys(frame, tuple(f.name for f in lhs_fields))
-    qrels, truth = _load_or_build_qrels(frame, keys, dataset, split, out, weight_key, top_q, top_k, query_set)
+    qrels, truth = _load_or_build_qrels(frame, keys, dataset, split, out, weight_key, top_q, top_k, query_set,
+                                        tuple(f.name for f in lhs_fields))
     sampled = list(qrels)
     timings["qrels_s"] = time.perf_counter() - t0
 
@@ -288,7 +291,7 @@ def judged_products(dataset: Dataset, split: str, *, query_set: str = "dev",
     keys = query_keys(frame, tuple(f.name for f in lhs_fields))
     with tempfile.TemporaryDirectory() as scratch:  # the qrels' own files go nowhere
         qrels, _ = _load_or_build_qrels(frame, keys, dataset, split, Path(scratch), weight_key, top_q, top_k,
-                                        query_set)
+                                        query_set, tuple(f.name for f in lhs_fields))
     return {pid for judged in qrels.values() for pid in judged}
 
 
@@ -319,19 +322,36 @@ def _write_json(path: Path, value) -> None:
 
 
 def _load_or_build_qrels(frame, keys, dataset: Dataset, split: str, out: Path, weight_key, top_q, top_k,
-                         query_set) -> tuple[dict, dict]:
+                         query_set, query_fields: tuple[str, ...]) -> tuple[dict, dict]:
     """The split's qrels and a record of which ground truth they are (also ``out/ground_truth.json``).
 
     ``query_set="dev"`` / ``"test"`` use the shipped ``_gt_dev.json`` / ``_gt_test.json``; when that file is
     absent, of an unknown schema, or keyed by ids matching neither the rows' ``query_id`` nor their query
     text, the sampled ground truth is used instead, after one warning naming the file (never an abort).
+    An existing ``gt_results.json`` is reused (every model then sees the same queries) when it was made
+    from the same data and settings (recorded in ``ground_truth.json``), else made again with a warning;
+    one without that record (the published script's) is reused with a warning.
     """
     gt_path, truth_path = out / "gt_results.json", out / "ground_truth.json"
+    source = Path(dataset.source(split))
+    stat = source.stat()
+    settings = {"query_set": query_set, "source": str(source), "source_bytes": stat.st_size,
+                "source_mtime_ns": stat.st_mtime_ns, "query_fields": list(query_fields),
+                "weight_key": weight_key, "top_q": top_q, "top_k": top_k}
     if gt_path.exists():
-        with open(gt_path, encoding="utf-8") as fh:
-            qrels = json.load(fh)
-        truth = json.loads(truth_path.read_text()) if truth_path.exists() else {"used": "reused gt_results.json"}
-        return qrels, truth
+        recorded = json.loads(truth_path.read_text()) if truth_path.exists() else None
+        if recorded is None:  # e.g. the published script's own output folder: its query sample, as it does
+            warn_once(f"{gt_path}: reusing its queries and qrels (no record of the data and settings they were "
+                      f"made with); delete it to sample them for {source}")
+            with open(gt_path, encoding="utf-8") as fh:
+                return json.load(fh), {"used": "reused gt_results.json"}
+        if recorded.get("settings") == settings:
+            with open(gt_path, encoding="utf-8") as fh:
+                return json.load(fh), recorded
+        changed = {k: (recorded.get("settings", {}).get(k), v) for k, v in settings.items()
+                   if recorded.get("settings", {}).get(k) != v}
+        warn_once(f"{gt_path} was made from other data or settings "
+                  f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())}); made again")
     if query_set not in ("sampled", "dev", "test"):
         raise ValueError(f"query_set must be sampled, dev or test, not {query_set!r}")
     qrels = None
@@ -341,10 +361,14 @@ def _load_or_build_qrels(frame, keys, dataset: Dataset, split: str, out: Path, w
         truth = {"query_set": query_set, "used": query_set, "source": judged.path if judged else "",
                  "schema": judged.kind if judged else ""}
     if qrels is None:
-        grades = reference_grades(frame[weight_key]) if weight_key in frame.columns else np.ones(len(frame), dtype=np.int64)
+        if weight_key and weight_key not in frame.columns:
+            raise DataFormatError(source, f"no column {weight_key!r} to grade with (have {', '.join(frame.columns)})",
+                                  column=weight_key, fix="name a score column, or --weight-key '' for binary grades")
+        grades = reference_grades(frame[weight_key]) if weight_key else np.ones(len(frame), dtype=np.int64)
         qrels = build_qrels(frame, keys, grades, sample_queries(keys, grades, top_q), top_k)
         truth = {"query_set": query_set, "used": "sampled", "source": dataset.source(split), "top_q": top_q,
-                 "weight_key": weight_key if weight_key in frame.columns else "", "fallback": query_set != "sampled"}
+                 "weight_key": weight_key, "fallback": query_set != "sampled"}
+    truth["settings"] = settings
     _write_json(gt_path, qrels)
     _write_json(truth_path, truth)
     return qrels, truth

@@ -100,10 +100,10 @@ def test_outputs_match_an_independent_metric_pass(tiny_shop, tmp_path):
 
 def test_query_sample_and_caches_are_reused_but_never_stale(tiny_shop, tmp_path):
     enc = HashEncoder()
-    kwargs = dict(image_root=tiny_shop / "images", top_k=20, progress=False)
-    first = evaluate.evaluate_split(enc, tiny_shop, "novel_query", tmp_path, top_q=5, **kwargs)
+    kwargs = dict(image_root=tiny_shop / "images", top_k=20, top_q=5, progress=False)
+    first = evaluate.evaluate_split(enc, tiny_shop, "novel_query", tmp_path, **kwargs)
     calls = enc.calls
-    again = evaluate.evaluate_split(enc, tiny_shop, "novel_query", tmp_path, top_q=3, **kwargs)
+    again = evaluate.evaluate_split(enc, tiny_shop, "novel_query", tmp_path, **kwargs)
     assert enc.calls == calls                              # both embeddings from the cache
     assert list(again.per_query.index) == list(first.per_query.index)  # gt_results.json fixes the queries
     evaluate.evaluate_split(enc, tiny_shop, "novel_query", tmp_path, rhs_fields=(Field("title"),), **kwargs)
@@ -182,3 +182,29 @@ def test_cli_takes_the_published_scripts_flags(tiny_shop, tmp_path, capsys):
     assert ours["gclcore"]["rhs_fields"] == "image_local=1" and ours["gclcore"]["queries"] == 5
     assert evaluate.main(argv[:-2] + ["--right-keys", "['title']", "--device", "cpu"]) == 2
     assert "go together" not in capsys.readouterr().err
+
+
+def test_a_query_sample_is_reused_only_for_the_same_data_and_settings(tiny_shop, tmp_path, recwarn):
+    kwargs = dict(image_root=tiny_shop / "images", top_k=20, progress=False, cache_dir=False)
+    first = evaluate.evaluate_split(HashEncoder(), tiny_shop, "novel_query", tmp_path, top_q=5, **kwargs)
+    again = evaluate.evaluate_split(HashEncoder("b"), tiny_shop, "novel_query", tmp_path, top_q=5, **kwargs)
+    assert list(again.per_query.index) == list(first.per_query.index) and not recwarn.list  # same queries, quietly
+    other = evaluate.evaluate_split(HashEncoder(), tiny_shop, "novel_query", tmp_path, top_q=3, **kwargs)
+    assert len(other.per_query) == 3                                  # other settings: sampled again, with a warning
+    assert any("made again" in str(w.message) and "top_q: 5 -> 3" in str(w.message) for w in recwarn.list)
+    truth = json.loads((tmp_path / "ground_truth.json").read_text())
+    assert truth["settings"]["top_q"] == 3 and truth["settings"]["source"].endswith("query_1_product_id_0.csv")
+    (tmp_path / "ground_truth.json").unlink()                          # a bare gt_results.json (the publisher's)
+    reused = evaluate.evaluate_split(HashEncoder(), tiny_shop, "novel_query", tmp_path, top_q=5, **kwargs)
+    assert len(reused.per_query) == 3 and any("no record" in str(w.message) for w in recwarn.list)
+
+
+def test_a_missing_weight_column_is_an_error_and_binary_grades_are_asked_for(tiny_shop, tmp_path):
+    kwargs = dict(image_root=tiny_shop / "images", top_k=20, progress=False, cache_dir=False)
+    with pytest.raises(evaluate.DataFormatError, match="no column 'nope'"):
+        evaluate.evaluate_split(HashEncoder(), tiny_shop, "novel_query", tmp_path / "a", weight_key="nope", **kwargs)
+    binary = evaluate.evaluate_split(HashEncoder(), tiny_shop, "novel_query", tmp_path / "b", weight_key="", **kwargs)
+    qrels = json.loads((tmp_path / "b" / "gt_results.json").read_text())
+    assert {g for judged in qrels.values() for g in judged.values()} == {1} and binary.metrics["mERR"] > 0
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        evaluate.evaluate_split(HashEncoder(), tiny_shop, "novel_query", tmp_path / "c", **{**kwargs, "top_k": 0})

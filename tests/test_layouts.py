@@ -294,6 +294,7 @@ def test_a_recognised_dev_ground_truth_is_used_and_recorded(tiny_shop, tmp_path)
     dev = json.loads((tiny_shop / "query_1_product_id_0_gt_dev.json").read_text())
     assert len(result.per_query) == len(dev)
     truth = json.loads((tmp_path / "output.json").read_text())["gclcore"]["ground_truth"]
+    assert truth.pop("settings")["query_set"] == "dev"
     assert truth == {"query_set": "dev", "used": "dev", "source": str(tiny_shop / "query_1_product_id_0_gt_dev.json"),
                      "schema": "qrels"}
 
