@@ -61,7 +61,7 @@ NB_PARAMS_02_multi_split   := data_dir seed
 NB_PARAMS_03_train         := data_dir image_root model pretrained experiments_file runs_dir resume
 NB_PARAMS_04_evaluate      := data_dir image_root model pretrained experiments_file runs_dir
 NB_PARAMS_05_paper_tables  := data_dir image_root model pretrained experiments_file runs_dir expected_file expected_key
-NB_PARAMS_06_reproduce     := data_dir image_root checkpoints architecture expected_file
+NB_PARAMS_06_reproduce     := data_dir image_root test_csv corpus checkpoints architecture expected_file
 NB_VALUE_data_dir          := $(abspath $(DATA_DIR))
 # the default <data_dir>/images only when it exists (a parquet dataset has its images inside)
 NB_VALUE_image_root        := $(if $(or $(filter-out file,$(origin IMAGE_ROOT)),$(wildcard $(IMAGE_ROOT))),$(abspath $(IMAGE_ROOT)))
@@ -74,6 +74,8 @@ NB_VALUE_expected_key      := $(EXPECTED_KEY)
 NB_VALUE_seed              := $(SEED)
 NB_VALUE_checkpoints       := $(CHECKPOINTS)
 NB_VALUE_architecture      := $(REPRO_MODEL)
+NB_VALUE_test_csv          := $(if $(TEST_CSV),$(abspath $(TEST_CSV)))
+NB_VALUE_corpus            := $(if $(CORPUS),$(abspath $(CORPUS)))
 # Real data: no cell time limit (notebook 03's training cell runs for hours), and every run continues its
 # own saved state when make is run again after an interruption. The synthetic shop: 30 min per cell (a hung
 # cell fails CI) and runs retrain from scratch (seconds), so a code change always reaches the book.
@@ -157,6 +159,8 @@ reproduce: setup $(if $(and $(CHECKPOINTS),$(if $(TEST_CSV),,x)),$(DATA_STAMP))
 ifeq ($(strip $(CHECKPOINTS)),)
 	@$(PY) -m gclcore.reproduce || [ $$? -eq 2 ]
 else
+	$(if $(TEST_CSV),$(if $(CORPUS),,$(error TEST_CSV needs CORPUS=, the corpus JSON it is evaluated against)),\
+	  $(if $(filter file,$(origin DATA_DIR)),$(error give DATA_DIR= (the Marqo-GS-10M folder) or TEST_CSV= with CORPUS=)))
 	$(PY) -m gclcore.reproduce $(REPRO_DATA) --out build/reproduce $(if $(REPRO_MODEL),--model $(REPRO_MODEL)) \
 	  $(foreach c,$(CHECKPOINTS),'$(c)')
 endif

@@ -55,6 +55,10 @@ else:
     table = reproduce.run(given, protocol, **source, image_root=str(paths.absolute(image_root)) if image_root else None,
                           out=out, model=architecture or None)
     display(reproduce.styled(table, protocol))
-    display(Markdown("\n".join(f"- `{key}`: **{'reproduced' if ok else 'not reproduced'}** (in at least one "
-                               "document configuration)" for key, ok in reproduce.passed(table, protocol).items())))
+    if not table.attrs["comparable"]:
+        display(Markdown(f"Verdicts n/a: this in-domain split is smaller than the published data's "
+                         f"({protocol.published_min_rows:,} rows or more), so the published values are only shown."))
+    display(Markdown("\n".join(f"- `{key}`: " + ("**reproduced** (in at least one document configuration)" if ok
+                                                   else "**not reproduced** (in no document configuration)")
+                               for key, ok in reproduce.passed(table, protocol).items())))
     reproduce.plot(table, protocol)

@@ -50,6 +50,9 @@ def test_compare_marks_each_value(protocol):
     assert table.loc[0, "nDCG published"] == 0.577
     assert reproduce.passed(table, protocol) == {key: True}
     assert reproduce.passed(table.drop(index=1), protocol) == {key: False}
+    elsewhere = reproduce.compare(measured, protocol, protocol.releases, "query_0_product_id_0", comparable=False)
+    assert (elsewhere.loc[:1, ["nDCG verdict", "ERR verdict"]] == "n/a").all().all()
+    assert elsewhere.loc[0, "nDCG published"] == 0.577 and reproduce.passed(elsewhere, protocol) == {}
 
 
 def test_without_checkpoints_it_says_what_to_download(capsys):
@@ -85,9 +88,9 @@ def test_fake_release_through_reproduce(tiny_shop, fake_release, tmp_path, capsy
         assert torch.allclose(encoder.model.encode_text(tokens), model.encode_text(tokens))  # the weights loaded
 
     status = reproduce.main(["--data-dir", str(tiny_shop), "--image-root", str(tiny_shop / "images"), str(path),
-                             "--out", str(tmp_path), "--device", "cpu"])
+                             "--out", str(tmp_path), "--device", "cpu", "--compare-any-data"])
     printed = capsys.readouterr().out
-    assert status == 1 and "NOT reproduced" in printed       # random weights do not reach the published row
+    assert status == 1 and "NOT reproduced (in no document configuration)" in printed  # random weights
     table = pd.read_csv(tmp_path / "comparison.csv")
     assert len(table) == 8 and set(table["fields"]) == {"query -> image", "image 0.9 + title 0.1"}
     in_domain = table[table["split"] == "query_0_product_id_0"]
@@ -96,3 +99,19 @@ def test_fake_release_through_reproduce(tiny_shop, fake_release, tmp_path, capsy
     # the published evaluation's files for every (fields, split), and one image embedding per corpus
     assert len(list(tmp_path.glob("gcl-vitb32-117-gs-full/*/*/output.json"))) == 8
     assert len(list((tmp_path / "gcl-vitb32-117-gs-full" / "cache").glob("corpus-*-image_local-*.pt"))) == 2
+
+
+@pytest.mark.slow
+def test_on_data_smaller_than_the_published_the_verdicts_are_na(tiny_shop, tmp_path, capsys):
+    """The embedded model under a released name on the tiny shop: published values shown, verdicts n/a."""
+    from gclcore.models import load_encoder
+
+    release = tmp_path / "gcl-vitb32-117-gs-full-states.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in load_encoder("default", device="cpu").model.state_dict().items()}},
+               release)
+    status = reproduce.main(["--data-dir", str(tiny_shop), str(release), "--model", "default", "--out", str(tmp_path / "o"),
+                             "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert status == 0 and "verdicts n/a" in printed and "reproduced" not in printed
+    table = pd.read_csv(tmp_path / "o" / "comparison.csv", keep_default_na=False)
+    assert set(table["nDCG verdict"]) == {"n/a", "-"}
