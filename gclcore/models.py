@@ -436,19 +436,39 @@ def _expected_messages_silenced():
             hf_logging.enable_progress_bar()
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or whose weights do not fit the model; one line naming the
+    file and the likely fix."""
+
+
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> None:
     """Load a bare state dict, an open_clip training checkpoint or a released GCL ``*-states.pt``.
 
     Raises:
-        RuntimeError: missing or unexpected keys (listing a few of them).
+        CheckpointError: the file does not unpickle (e.g. a truncated download), holds no state dict, or
+            its tensors do not fit the model (missing / unexpected keys, other shapes), listing a few.
     """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    import pickle
+    import zipfile
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                              "a truncated download? Download it again") from err
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     if not isinstance(state, dict):
-        raise RuntimeError(f"{path}: not a state dict or a checkpoint holding one")
+        raise CheckpointError(f"{path}: not a state dict or a checkpoint holding one")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     state.pop("text.transformer.embeddings.position_ids", None)  # older HF checkpoints carry this buffer
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise RuntimeError(f"{path} does not match the model: missing {result.missing_keys[:5]}, "
-                           f"unexpected {result.unexpected_keys[:5]}")
+    own = model.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    if shapes or missing or unexpected:
+        raise CheckpointError(f"{path} does not fit this model architecture: {len(shapes)} tensors of other shapes "
+                              f"(e.g. {shapes[:2]}), {len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} "
+                              f"unexpected (e.g. {unexpected[:3]}); give the model it was trained as (--model)")
+    model.load_state_dict(state)

@@ -77,10 +77,18 @@ def test_checkpoint_formats(default_encoder, tmp_path, wrap):
     assert encoder.checksum() != default_encoder.checksum()
 
 
-def test_mismatched_checkpoint_is_refused(tmp_path):
+def test_mismatched_or_unreadable_checkpoints_are_refused_in_one_line(tmp_path, default_encoder):
     torch.save({"state_dict": {"nonsense.weight": torch.zeros(2)}}, tmp_path / "bad.pt")
-    with pytest.raises(RuntimeError, match="does not match"):
+    with pytest.raises(models.CheckpointError, match="does not fit .* 1 unexpected"):
         models.load_encoder("default", str(tmp_path / "bad.pt"), device="cpu")
+    state = dict(default_encoder.model.state_dict())
+    state["logit_scale"] = torch.zeros(3)
+    torch.save(state, tmp_path / "shape.pt")
+    with pytest.raises(models.CheckpointError, match=r"1 tensors of other shapes \(e.g. \['logit_scale \(3,\) vs \(\)'"):
+        models.load_encoder("default", str(tmp_path / "shape.pt"), device="cpu")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "shape.pt").read_bytes()[:5000])  # a truncated download
+    with pytest.raises(models.CheckpointError, match="truncated download"):
+        models.load_encoder("default", str(tmp_path / "cut.pt"), device="cpu")
 
 
 def test_any_open_clip_architecture_with_local_weights(tmp_path):
