@@ -247,6 +247,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     precision = Precision.choose(cfg.precision, device)
     resume = checkpoint.resume_path(out, cfg.resume)
     state = checkpoint.load_state(resume, model, optimizer, precision.scaler, ctx, cfg) if resume else TrainState()
+    _write_config(cfg, out, ctx)  # after the resume check: a refused state leaves the run's record as it was
     log = RunLog(out, state.history, write=ctx.is_main, tensorboard=cfg.tensorboard)
     evaluation = DevEvaluation(cfg, dataset, towers, lhs, rhs, log, ctx)
     clock = checkpoint.SaveClock(cfg.save_every_minutes, ctx, device)
@@ -338,17 +339,22 @@ _REGIMES = {"trunks": "heads only (locked trunks)", "none": "full fine-tuning"}
 
 def _record_config(given: TrainConfig, cfg: TrainConfig, total_steps: int, out: Path,
                    ctx: distributed.Context) -> TrainConfig:
-    """The run folder with ``config.json`` = the resolved ``cfg`` (rank 0), and one printed line naming the
-    regime and its learning rate, and whether that is the regime's default or was given; returns ``cfg``."""
+    """The run folder, and one printed line (rank 0) naming the regime and its learning rate, and whether
+    that is the regime's default or was given; returns ``cfg``."""
     out.mkdir(parents=True, exist_ok=True)
     if ctx.is_main:
-        with atomic_write(out / "config.json") as fh:
-            json.dump(dataclasses.asdict(cfg), fh, indent=1)
         lr_from = "given" if given.lr > 0 else "default"
         warmup_from = "given" if given.warmup_steps >= 0 else "default"
         print(f"{cfg.model}: {_REGIMES[cfg.freeze]}, lr {cfg.lr:g} ({lr_from}), warm-up {cfg.warmup_steps} "
               f"steps ({warmup_from}) of {total_steps}; run folder {out}", flush=True)
     return cfg
+
+
+def _write_config(cfg: TrainConfig, out: Path, ctx: distributed.Context) -> None:
+    """``config.json`` = the resolved ``cfg`` the run trains with (rank 0)."""
+    if ctx.is_main:
+        with atomic_write(out / "config.json") as fh:
+            json.dump(dataclasses.asdict(cfg), fh, indent=1)
 
 
 def _mkdir(path: Path) -> Path:

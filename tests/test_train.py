@@ -345,6 +345,7 @@ def test_resume_refuses_a_state_of_another_configuration(tmp_path, tiny_shop):
     trainer.train(cfg)
     with pytest.raises(ValueError, match=r"another configuration \(stw: 'linear' -> 'constant'\).*resume=''"):
         trainer.train(cfg, resume="latest", stw="constant")
+    assert json.loads((Path(cfg.output_dir) / "config.json").read_text())["stw"] == "linear"  # the record stays
     longer = trainer.train(cfg, resume="latest", max_steps=6, progress=False)  # how long it runs may change
     assert longer.steps == 6 and longer.history["step"].tolist()[:2] == [2, 4]
 
