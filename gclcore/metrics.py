@@ -190,20 +190,21 @@ def mean_metrics(g: RankedGrades, ks=PUBLISHED_KS, rounding: bool = True) -> dic
     """Mean metrics with the reference's averaging and key names (``NDCG@10``, ``mERR``, ``mRBP7``, ...).
 
     trec_eval measures average over queries that have a run; MRR, Accuracy, Hole, ERR and RBP over all
-    qrels queries.
+    qrels queries. Sums run left to right in query order, as the reference's ``+=`` loops do (numpy's
+    pairwise sum can differ in the last bit, which flips a mean rounded to 5 decimals now and then).
     """
     values = per_query_arrays(g, ks)
     out: dict[str, float] = {}
-    trec_queries = max(int(g.in_run.sum()), 1)
+    n_queries, trec_queries = max(len(g.query_ids), 1), max(int(g.in_run.sum()), 1)
     for name, array in values.items():
         if name == "ERR" or name.startswith("RBP"):
-            out[f"m{name}"] = float(array.mean()) if len(array) else 0.0
-        elif name.startswith(("MRR", "Accuracy", "Hole")):
-            mean = float(array.sum() / max(len(array), 1))
-            out[name] = round(mean, 5) if rounding else mean
+            out[f"m{name}"] = sum(array.tolist()) / n_queries if len(array) else 0.0
+            continue
+        if name.startswith(("MRR", "Accuracy", "Hole")):
+            mean = sum(array.tolist()) / n_queries
         else:
-            mean = float(array[g.in_run].sum() / trec_queries)
-            out[name] = round(mean, 5) if rounding else mean
+            mean = sum(array[g.in_run].tolist()) / trec_queries
+        out[name] = round(mean, 5) if rounding else mean
     return out
 
 

@@ -214,3 +214,20 @@ def test_published_cutoffs_and_output_json_read_by_the_published_aggregation(tmp
                     "MRR@1000": means["MRR@1000"], "NDCG@10": means["NDCG@10"], "mERR": means["mERR"]}
     assert set(output) == {"mAP", "ndcg", "precision", "recall", "mrr", "hole", "acc", "summary"}
     assert list(output["hole"]) == [f"Hole@{k}" for k in metrics.PUBLISHED_KS]
+
+
+def test_means_are_summed_in_query_order_like_the_reference():
+    """BEIR and GCL add per-query values one by one (``+=``) and then round. Here 16 queries whose Hole@12
+    values sum to 0.453125 exactly in that order, rounded to 0.45313; numpy's pairwise sum lands a bit
+    below, 0.45312."""
+    holes = np.random.default_rng(115).integers(0, 13, size=16)
+    qrels, run = {}, {}
+    for i, h in enumerate(holes):
+        judged = [f"j{i}_{m}" for m in range(12 - h)] or [f"j{i}_unretrieved"]
+        qrels[f"q{i}"] = dict.fromkeys(judged, 1)
+        ranked = [f"u{i}_{m}" for m in range(h)] + judged[: 12 - h]
+        run[f"q{i}"] = {doc: 1.0 - r / 100 for r, doc in enumerate(ranked)}
+    total = 0.0
+    for q in qrels:
+        total += hole_literal(qrels, run[q], 12)
+    assert metrics.evaluate_run(qrels, run, ks=(12,))["Hole@12"] == round(total / 16, 5) == 0.45313
