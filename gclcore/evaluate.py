@@ -42,6 +42,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -190,7 +191,8 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
                    rhs_fields: tuple[Field, ...] = (Field("image_local"),), weight_key: str = "score_linear",
                    top_q: int = 2000, top_k: int = 1000, query_set: str = "sampled",
                    ks: tuple[int, ...] | None = None, cache_dir: str | os.PathLike | None | bool = None,
-                   progress: bool = True, corpus_subset: np.ndarray | None = None) -> SplitResult:
+                   progress: bool = True, corpus_subset: np.ndarray | None = None,
+                   search_device: str | None = None) -> SplitResult:
     """Evaluate one split (a CSV stem or HF split name) and write the reference outputs to ``output_dir``.
 
     ``data`` is a dataset folder or a :class:`gclcore.data.Dataset`; ``image_root`` (with a folder) is
@@ -198,7 +200,8 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     ``output_dir/cache``), keyed by the model checksum, the field and the data (the sampled queries, or
     the corpus file and image root), so another fusion of the same fields embeds nothing again;
     ``cache_dir=False`` turns caching off (weights that keep changing).
-    ``corpus_subset`` (row indices into the split's corpus, e.g. :func:`dev_subcorpus`) searches only those
+    ``search_device`` runs the exact retrieval there (default: CUDA when available). ``corpus_subset`` (row
+    indices into the split's corpus, e.g. :func:`dev_subcorpus`) searches only those
     products, as if the corpus held just them: not the published protocol, a bounded in-training check.
     """
     if top_k < 1 or (top_q < 1 and top_q != -1):
@@ -245,7 +248,7 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     timings["embed_s"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    scores, index = exact_topk(query_emb, corpus_emb, top_k, progress=progress)
+    scores, index = exact_topk(query_emb, corpus_emb, top_k, progress=progress, device=search_device)
     timings["search_s"] = time.perf_counter() - t2
     doc_ids = corpus["product_id"].astype(str).to_numpy()
     run = {key: dict(zip(doc_ids[index[i]].tolist(), scores[i].astype(np.float64).tolist()))
@@ -481,13 +484,32 @@ def main(argv: list[str] | None = None) -> int:
     protocol.add_argument("--query-set", choices=("sampled", "dev", "test"), default="sampled")
     protocol.add_argument("--output-dir", default="results")
     protocol.add_argument("--cache-dir", help="embedding cache (default: <output dir of the split>/cache)")
-    protocol.add_argument("--overwrite-feature", action="store_true", help="re-embed instead of using the cache")
+    published = parser.add_argument_group("the published script's other flags")
+    flag = {"type": _flag_value, "nargs": "?", "const": True, "default": False}  # --x, --x True, --x false
+    published.add_argument("--overwrite-feature", **flag, help="re-embed instead of using the cache")
+    published.add_argument("--overwrite-retrieval", **flag, help="accepted: the retrieval is never reused")
+    published.add_argument("--run-queries-cpu", **flag, help="run the exact retrieval on the CPU")
+    published.add_argument("--metric-only", **flag, help="only the metrics, from gt_results.json + retrieval.json "
+                           "already in --output-dir (with --test-csv)")
+    published.add_argument("--gt_results_path", "--gt-results-path", help="with --test-csv: the queries and qrels "
+                           "file to reuse (written there when absent)")
+    published.add_argument("--doc-id-key", default="product_id", help="must be product_id")
+    for name in ("--query-id-key", "--features-path", "--preprocess", "--query_ids_dict_path"):
+        published.add_argument(name, help="not supported (an error says why)")
     args = parser.parse_args(argv)
+    unsupported = _unsupported(args)
+    if unsupported:
+        parser.error(unsupported)
     if (args.test_csv is None) == (args.data_dir is None) or (args.test_csv is None) != (args.corpus is None):
         parser.error("give either --data-dir DIR, or --test-csv FILE with --corpus FILE")
+    if (args.metric_only or args.gt_results_path) and not args.test_csv:
+        parser.error("--metric-only and --gt_results_path go with --test-csv (one split, one output folder)")
     from gclcore.models import load_encoder
 
     try:
+        if args.metric_only:
+            print(metrics_only(args.output_dir, args.top_k).to_string(index=False))
+            return 0
         lhs, rhs = _fields_from_args(args)
         if args.data_dir:
             dataset = open_dataset(args.data_dir, args.image_root)
@@ -499,10 +521,17 @@ def main(argv: list[str] | None = None) -> int:
                                precision=args.precision, context_length=args.context_length,
                                workers=args.num_workers, progress=True)
         options = dict(lhs_fields=lhs, rhs_fields=rhs, weight_key=args.weight_key, top_q=args.top_q, top_k=args.top_k,
-                       query_set=args.query_set, cache_dir=False if args.overwrite_feature else args.cache_dir)
+                       query_set=args.query_set, cache_dir=False if args.overwrite_feature else args.cache_dir,
+                       search_device="cpu" if args.run_queries_cpu else None)
         if args.test_csv:
             [split] = dataset.resolve_splits("all")
+            shared = Path(args.gt_results_path) if args.gt_results_path else None
+            if shared is not None and shared.exists():
+                Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shared, Path(args.output_dir) / "gt_results.json")
             table = pd.DataFrame([evaluate_split(encoder, dataset, split, args.output_dir, **options).summary])
+            if shared is not None and not shared.exists():
+                shutil.copyfile(Path(args.output_dir) / "gt_results.json", shared)
         else:
             table = evaluate(encoder, dataset, args.output_dir, args.split, **options)
     except (DataFormatError, ValueError, FileNotFoundError) as err:  # PretrainedUnavailable is a FileNotFoundError
@@ -510,6 +539,45 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(table.to_string(index=False))
     return 0
+
+
+def _flag_value(text: str) -> bool:
+    """The published script's flags take an optional boolean: ``--x``, ``--x True``, ``--x no``."""
+    value = {"yes": True, "true": True, "t": True, "y": True, "1": True,
+             "no": False, "false": False, "f": False, "n": False, "0": False}.get(str(text).lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+    return value
+
+
+def _unsupported(args) -> str:
+    """Why a published flag that has no counterpart here cannot be honoured ("" when none is given)."""
+    if args.doc_id_key != "product_id":
+        return "--doc-id-key: documents are identified by product_id, the corpus JSON's keys"
+    reasons = {"query_id_key": "--query-id-key: queries are identified by the text of the left keys, as the "
+                               "published script does without it",
+               "features_path": "--features-path: embeddings are cached per field under --cache-dir instead",
+               "preprocess": "--preprocess: the model's own image transforms are used",
+               "query_ids_dict_path": "--query_ids_dict_path: the published script reads it nowhere either"}
+    return "; ".join(why for name, why in reasons.items() if getattr(args, name) is not None)
+
+
+def metrics_only(output_dir: str | os.PathLike, top_k: int = 1000) -> pd.DataFrame:
+    """The published ``--metric-only``: every measure from ``gt_results.json`` and ``retrieval.json`` already in
+    ``output_dir``, written to its ``output.json`` / ``output.csv``; returns the summary row."""
+    out = Path(output_dir)
+    try:
+        qrels = json.loads((out / "gt_results.json").read_text())
+        run = json.loads((out / "retrieval.json").read_text())
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"--metric-only needs {err.filename} (from an earlier evaluation into {out})") from err
+    ks = metrics.published_ks(top_k)
+    means = metrics.evaluate_run(qrels, run, ks)
+    _write_json(out / "output.json", {**metrics.reference_output(means, ks),
+                                      "gclcore": {"queries": len(qrels), "metric_only": True}})
+    summary = pd.DataFrame([metrics.summary_row(means, ks)])
+    summary.to_csv(out / "output.csv", index=False)
+    return summary
 
 
 def _fields_from_args(args) -> tuple[tuple[Field, ...], tuple[Field, ...]]:

@@ -355,3 +355,15 @@ def test_evaluate_cli_on_the_publishers_tiny_test_shape(tiny_shop, tmp_path):
         tiny / "query_tiny.csv", tiny / "corpus_tiny.json"), "query_tiny", tmp_path / "direct", top_q=5, progress=False)
     assert cli["summary"]["NDCG@10"] == [direct.metrics["NDCG@10"]] and cli["summary"]["mERR"] == direct.metrics["mERR"]
     assert cli["gclcore"]["corpus"] == "corpus_tiny.json" and cli["gclcore"]["queries"] == 5
+    # the published script's other flags: boolean flags with or without a value, a shared queries file,
+    # metrics only from the files already there
+    shared = tmp_path / "shared_gt.json"
+    more = argv + ["--overwrite-feature", "True", "--overwrite-retrieval", "--run-queries-cpu", "false",
+                   "--gt_results_path", str(shared)]
+    assert evaluate.main(more) == 0 and json.loads(shared.read_text()) == json.loads((out / "gt_results.json").read_text())
+    (out / "output.json").unlink()
+    assert evaluate.main(argv + ["--metric-only"]) == 0
+    assert json.loads((out / "output.json").read_text())["summary"] == cli["summary"]
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(argv + ["--features-path", "f.pt"])
+    assert stop.value.code == 2
