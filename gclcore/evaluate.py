@@ -133,7 +133,8 @@ def build_qrels(frame: pd.DataFrame, keys: pd.Series, grades: np.ndarray, sample
 # --------------------------------------------------------------------------------------------------
 
 def embed_items(encoder: TextImageEncoder, table: pd.DataFrame, fields: tuple[Field, ...],
-                resolver: ImageResolver | None, first_field_always: bool = True, cached=None) -> torch.Tensor:
+                resolver: ImageResolver | None, first_field_always: bool = True, cached=None,
+                source: str = "<items>") -> torch.Tensor:
     """Fused embeddings of a table's items (rows) over ``fields`` (step 5).
 
     ``cached(field_name, compute)`` may memoise one field's (unfused) embeddings, so configurations that
@@ -143,13 +144,13 @@ def embed_items(encoder: TextImageEncoder, table: pd.DataFrame, fields: tuple[Fi
     embeddings, present = {}, {}
     for f in fields:
         if f.name not in table.columns:
-            raise DataFormatError("<items>", f"field {f.name!r} not available (have {', '.join(table.columns)})",
+            raise DataFormatError(source, f"field {f.name!r} not available (have {', '.join(table.columns)})",
                                   column=f.name)
         values = table[f.name]
         present[f.name] = torch.tensor(values.notna().to_numpy())
         if f.is_image:
             if resolver is None:
-                raise ValueError(f"field {f.name!r} is an image field: pass an image root")
+                raise ValueError(f"field {f.name!r} is an image field: pass an image root (--image-root)")
             # a missing value becomes "", which the resolver loads as MISSING (the placeholder)
             stored = values.fillna("").astype(str).tolist()
             embeddings[f.name] = cached(f.name, functools.partial(encoder.encode_image_files, stored, resolver))
@@ -219,7 +220,7 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     sampled = list(qrels)
     timings["qrels_s"] = time.perf_counter() - t0
 
-    resolver = dataset.image_resolver()
+    resolver = _image_source(dataset, lhs_fields + rhs_fields)
     cache = None if cache_dir is False else Path(cache_dir) if cache_dir is not None else out / "cache"
 
     checksum = encoder.checksum()
@@ -237,14 +238,16 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
         missing = [k for k in sampled if k not in first_rows.index]
         raise DataFormatError(dataset.source(split), f"{len(missing)} ground-truth queries not in the split, e.g. {missing[0]!r}")
     query_tag = hashlib.sha256("\n".join(sampled).encode()).hexdigest()[:16]
-    query_emb = embed_items(encoder, query_table, lhs_fields, resolver, cached=field_cache("queries", query_tag))
+    query_emb = embed_items(encoder, query_table, lhs_fields, resolver, cached=field_cache("queries", query_tag),
+                            source=str(dataset.source(split)))
     corpus = dataset.corpus(split)
     if corpus_subset is not None:  # a sub-corpus (dev_subcorpus): those rows, in corpus order, cached apart
         rows = np.unique(np.asarray(corpus_subset, dtype=np.int64))
         corpus = corpus.iloc[rows].reset_index(drop=True)
         cache = None if cache is None else cache / f"subset-{hashlib.sha256(rows.tobytes()).hexdigest()[:16]}"
     corpus_tag = dataset.corpus_digest(split)
-    corpus_emb = embed_items(encoder, corpus, rhs_fields, resolver, cached=field_cache("corpus", corpus_tag))
+    corpus_emb = embed_items(encoder, corpus, rhs_fields, resolver, cached=field_cache("corpus", corpus_tag),
+                             source=dataset.corpus_label(split))
     timings["embed_s"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -273,6 +276,8 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     # metrics), with this evaluation's provenance as one more such dict
     provenance = {"split": split, "queries": len(sampled), "corpus": dataset.corpus_label(split), "ground_truth": truth,
                   "corpus_size": len(corpus), "sub_corpus": corpus_subset is not None,
+                  "images_substituted": {"missing": getattr(resolver, "missing_count", 0),
+                                         "unreadable": getattr(resolver, "unreadable_count", 0)},
                   "lhs_fields": format_fields(lhs_fields), "rhs_fields": format_fields(rhs_fields),
                   "query_set": query_set, "top_q": top_q, "top_k": top_k, "model_checksum": checksum,
                   "timings_s": {k: round(v, 3) for k, v in timings.items()}}
@@ -316,6 +321,16 @@ def dev_subcorpus(dataset: Dataset, split: str, size: int, *, seed: int = 0, **q
     distractors = np.random.default_rng(seed).choice(rest, size=min(len(rest), max(0, size - int(judged.sum()))),
                                                       replace=False)
     return np.sort(np.concatenate([np.flatnonzero(judged), distractors]))
+
+
+def _image_source(dataset: Dataset, fields: tuple[Field, ...]):
+    """The dataset's image source; with an image field but no images, an error before anything is encoded."""
+    resolver = dataset.image_resolver()
+    image_fields = [f.name for f in fields if f.is_image]
+    if image_fields and resolver is None:
+        raise ValueError(f"{', '.join(image_fields)} is an image field but {dataset.root} has no images: pass "
+                         "--image-root (the folder the image archive was unpacked to), or text fields only")
+    return resolver
 
 
 def _write_json(path: Path, value) -> None:
@@ -517,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             from gclcore.data import files_dataset
 
             dataset = files_dataset(args.test_csv, args.corpus, args.image_root)
+        _image_source(dataset, lhs + rhs)  # before the model is loaded
         encoder = load_encoder(args.model, args.pretrained, device=args.device, batch_size=args.batch_size,
                                precision=args.precision, context_length=args.context_length,
                                workers=args.num_workers, progress=True)

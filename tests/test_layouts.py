@@ -136,7 +136,7 @@ def test_parquet_evaluates_like_the_csv_layout(layouts, tmp_path):
         assert (tmp_path / "zs_pq" / "query_1_product_id_1" / name).read_text() == \
             (tmp_path / "zs_csv" / "query_1_product_id_1" / name).read_text()
     output = json.loads((tmp_path / "zs_pq" / "query_1_product_id_1" / "output.json").read_text())
-    assert output["gclcore"]["corpus"] == "derived from parquet rows of zero_shot (not corpus_2.json)"
+    assert output["gclcore"]["corpus"] == "derived from parquet rows of zero_shot (not corpus_2.json; without novel_document)"
     assert output["gclcore"]["ground_truth"]["used"] == "sampled"
 
 

@@ -384,15 +384,22 @@ class ParquetDataset(Dataset):
         stems = self._half_splits(half)
         if not stems:
             self._require(split)
-        warn_once(f"{self.root}: the corpus of product half {half} is derived from the parquet rows of "
-                  f"{' + '.join(self.split_name(s) for s in stems)} (the Hugging Face layout ships no corpus JSON); "
-                  f"results are comparable with corpus_{half + 1}.json ones only if that corpus holds no other products")
-        return self._half_corpus(half)
+        corpus = self._half_corpus(half)
+        absent = [SPLIT_NAMES[s] for s in SPLIT_STEMS if split_halves(s)[1] == half and s not in stems]
+        warn_once(f"{self.root}: the corpus of product half {half} ({len(corpus):,} products) is derived from the "
+                  f"parquet rows of {' + '.join(self.split_name(s) for s in stems)} (the Hugging Face layout ships no "
+                  f"corpus JSON)" + (f"; {' and '.join(absent)} is not in this dataset, so its products are missing "
+                                     "from the corpus: a smaller, easier candidate set" if absent else "")
+                  + f"; results are comparable with corpus_{half + 1}.json ones only if that corpus holds no other products")
+        return corpus
 
     def corpus_label(self, split: str) -> str:
         half = split_halves(split)[1]
-        names = " + ".join(self.split_name(s) for s in self._half_splits(half))
-        return f"derived from parquet rows of {names} (not corpus_{half + 1}.json)"
+        stems = self._half_splits(half)
+        absent = [SPLIT_NAMES[s] for s in SPLIT_STEMS if split_halves(s)[1] == half and s not in stems]
+        names = " + ".join(self.split_name(s) for s in stems)
+        return f"derived from parquet rows of {names} (not corpus_{half + 1}.json" + (
+            f"; without {' and '.join(absent)})" if absent else ")")
 
     def corpus_digest(self, split: str) -> str:
         half = split_halves(split)[1]
