@@ -17,8 +17,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
 import pandas as pd
 import torch
+
+from gclcore.models import DEFAULT_MODEL
 
 DEMO_LOGIT_SCALE = 10.0
 """The published demo's fixed logit scale (a softmax illustration, not the trained temperature)."""
@@ -37,7 +40,7 @@ def rank_texts(encoder, image, texts: list[str], logit_scale: float | None = DEM
 
 
 def shop_example(n_texts: int = 3):
-    """A product image of the embedded synthetic shop, its title and the titles of other products."""
+    """A product image of the embedded synthetic shop, its title (first) and the titles of other products."""
     from gclcore import paths
     from gclcore.data import open_dataset
 
@@ -54,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", help="an image file (default: a product of the embedded synthetic shop)")
     parser.add_argument("--model", default="default", help="open_clip model name, or default (embedded)")
     parser.add_argument("--pretrained", default=None, help="open_clip tag or checkpoint file")
-    parser.add_argument("--logit-scale", default=str(DEMO_LOGIT_SCALE), help="softmax scale, or 'model'")
+    parser.add_argument("--logit-scale", type=_scale, default=DEMO_LOGIT_SCALE,
+                        help="softmax scale (default: the published demo's 10), or 'model' for the learned one")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     from PIL import Image, UnidentifiedImageError
@@ -62,13 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     from gclcore.models import load_encoder
 
     try:
-        scale = None if args.logit_scale == "model" else float(args.logit_scale)
+        answer = None
         if args.image:
             with Image.open(args.image) as img:
                 image, texts = img.convert("RGB"), args.texts
         else:
             image, titles = shop_example()
             texts = args.texts or titles
+            answer = None if args.texts else titles[0]
         if not texts:
             parser.error("give candidate texts after the options")
         encoder = load_encoder(args.model, args.pretrained, device=args.device)
@@ -76,8 +81,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{encoder.name} ({encoder.pretrained or 'packaged weights'}); image: {args.image or 'a shop product'}")
-    print(rank_texts(encoder, image, texts, scale).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if encoder.name == DEFAULT_MODEL and not encoder.pretrained:
+        print("note: the embedded model's projection heads are untrained (seeded random) until a run trains them; "
+              "after `make book`, --pretrained build/main/runs/gcl-linear/model.pt is a trained one")
+    table = rank_texts(encoder, image, texts, args.logit_scale)
+    if answer is not None:
+        table.insert(0, "", np.where(table["text"] == answer, "*", ""))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if answer is not None:
+        print("* the product's own title")
     return 0
+
+
+def _scale(text: str) -> float | None:
+    if text == "model":
+        return None
+    try:
+        return float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"a number or 'model', not {text!r}") from err
 
 
 if __name__ == "__main__":

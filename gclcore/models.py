@@ -50,9 +50,9 @@ STANDARD_TAG_PREFIX = "laion2b_s"
 weights of open_clip's reference results, preferred as an architecture's standard tag."""
 
 
-_HOW_TO_GIVE_WEIGHTS = ("give a local file with `-p pretrained /path/to/weights.bin` (papermill) or "
-                        "`pretrained=/path/to/weights.bin` (--set, a config file), or `pretrained=none` for a "
-                        "random initialisation")
+_HOW_TO_GIVE_WEIGHTS = ("give a local file with `--pretrained /path/to/weights.bin` (command lines), "
+                        "`-p pretrained /path/to/weights.bin` (papermill) or `pretrained=/path/to/weights.bin` "
+                        "(--set, a config file), or `pretrained=none` for a random initialisation")
 
 
 class PretrainedUnavailable(FileNotFoundError):

@@ -35,3 +35,5 @@ def test_cli(tiny_shop, capsys):
     out = capsys.readouterr().out
     assert "probability" in out and "red shoes" in out and "a dog" in out
     assert demo.main(["--image", str(tiny_shop / "missing.png"), "x"]) == 2
+    with pytest.raises(SystemExit):
+        demo.main(["--logit-scale", "abc", "x"])
