@@ -213,8 +213,10 @@ class Encoder:
 
     ``encode_text`` / ``encode_images`` return L2-normalised float32 (n, d) tensors on the CPU, computed
     under ``precision`` (:data:`PRECISIONS`) in batches of ``batch_size``; texts are tokenised to
-    ``context_length`` tokens (0: the model's own, e.g. 77 for CLIP; shorter truncates, as the
-    published evaluation's ``--context-length``); images are decoded by ``workers`` DataLoader workers
+    ``context_length`` tokens (0: the model's own, e.g. 77 for CLIP; shorter truncates the tokens and
+    uses the first positions; the published script instead rebuilds the text tower with that many
+    positions, interpolating its positional embeddings; the two agree at the model's own length, which
+    the published scripts use); images are decoded by ``workers`` DataLoader workers
     (None: one per spare core); ``progress`` shows a bar per call unless a call says otherwise.
     ``preprocess_train`` / ``preprocess`` are open_clip's
     train / eval image transforms.
