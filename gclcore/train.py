@@ -382,8 +382,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if distributed.from_environment().is_main:
-        print(result.evaluations.to_string(index=False))
-        print(f"model: {result.checkpoint}")
+        shown = [c for c in result.evaluations.columns if c in ("step", "epoch") or c.startswith("eval/corpus")
+                 or c.removeprefix("eval/") in ("NDCG@10", "mERR", "mRBP9", "MAP@1000", "MRR@1000")]
+        print(result.evaluations[shown].to_string(index=False))  # every measure: log.jsonl
+        if result.test is not None:
+            print(result.test.to_string(index=False))
+        print(f"model: {result.checkpoint}; every measure: {result.output_dir / 'log.jsonl'}")
     return 0
 
 

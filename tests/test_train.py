@@ -86,11 +86,13 @@ def test_accumulation_keeps_full_batch_negatives(tmp_path, tiny_shop):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def test_config_from_yaml_and_cli(tmp_path, tiny_shop):
+def test_config_from_yaml_and_cli(tmp_path, tiny_shop, capsys):
     path = tmp_path / "cfg.yaml"
     path.write_text(f"data_dir: {tiny_shop}\noutput_dir: {tmp_path / 'cli'}\nbatch_size: 32\nepochs: 1\n"
                     f"stw: constant\neval_top_k: 20\nprogress: false\nfeature_cache_dir: {tmp_path.parent / 'features'}\n")
     assert trainer.main(["--config", str(path), "--set", "max_steps=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "eval/NDCG@10" in printed and "Hole@" not in printed and "log.jsonl" in printed  # a summary, not 150 columns
     recorded = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert recorded["stw"] == "constant"
     # no lr / warmup_steps given: the heads-only defaults, recorded resolved
