@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 
@@ -31,6 +32,18 @@ class DataWarning(UserWarning):
 
 
 _WARNED: set[str] = set()
+_FORMAT_OTHER_WARNINGS = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A DataWarning is about the user's files: printed as ``warning: <message>``, without the library line
+    that issued it; every other warning as Python prints it."""
+    if isinstance(category, type) and issubclass(category, DataWarning):
+        return f"warning: {message}\n"
+    return _FORMAT_OTHER_WARNINGS(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format_warning
 
 
 def warn_once(message: str, key: str | None = None) -> bool:
@@ -40,8 +53,6 @@ def warn_once(message: str, key: str | None = None) -> bool:
     Returns True when the warning was issued. Evaluation during training repeats the same fallback at
     every step; this keeps it to one warning.
     """
-    import warnings
-
     key = message if key is None else key
     if key in _WARNED:
         return False
