@@ -109,7 +109,8 @@ def dev_corpus_label(evals: pd.DataFrame, prefix: str = "dev") -> str:
 
 def per_query(runs_dir: str | os.PathLike, names: list[str], split: str) -> pd.DataFrame:
     """Per-query metrics of several runs on one split (stem), long format with a ``run`` column."""
-    frames = [pd.read_csv(Path(runs_dir) / n / "test" / split / "per_query.csv").assign(run=n) for n in names]
+    # read_csv hands back one block per column of the ~150: consolidated (copy) before a column is added
+    frames = [pd.read_csv(Path(runs_dir) / n / "test" / split / "per_query.csv").copy().assign(run=n) for n in names]
     return pd.concat(frames, ignore_index=True)
 
 
