@@ -207,7 +207,7 @@ def run(checkpoints: list[str], protocol: Protocol, *, data_dir: str | None = No
 def published_table(protocol: Protocol) -> pd.DataFrame:
     """The published rows that have a released checkpoint (what :func:`run` compares with)."""
     return pd.DataFrame([{"method": r.method, "model": r.model, **r.published, "checkpoint": r.checkpoint}
-                         for r in protocol.releases])
+                         for r in protocol.releases]).set_index(["method", "model"])
 
 
 def styled(table: pd.DataFrame, protocol: Protocol):
@@ -247,7 +247,7 @@ def plot(table: pd.DataFrame, protocol: Protocol):
 
 def download_instructions(protocol: Protocol) -> str:
     """What to download, and the commands that then reproduce each published row."""
-    lines = ["No checkpoints given. To reproduce the published rows:",
+    lines = ["To reproduce the published rows:",
              "  1. the data (Marqo-GS-10M): unpack both archives anywhere, e.g. under ~/gs/",
              f"       {protocol.downloads['csv']}",
              f"       {protocol.downloads['images']}",
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     args.checkpoints = [os.path.expanduser(c) for c in args.checkpoints]
     protocol = load_protocol(args.expected)
     if not args.checkpoints:
-        print(download_instructions(protocol))
+        print("No checkpoints given. " + download_instructions(protocol))
         return 2
     if (args.test_csv is None) == (args.data_dir is None) or (args.test_csv is None) != (args.corpus is None):
         parser.error("give either --data-dir DIR, or --test-csv FILE with --corpus FILE")

@@ -46,8 +46,9 @@ display(reproduce.published_table(protocol))
 # %%
 given = [str(paths.absolute(c)) for c in checkpoints.split()]
 if not given:
-    display(Markdown("No checkpoints given (`-p checkpoints \"a-states.pt b-states.pt\"`):\n\n```\n"
-                     + reproduce.download_instructions(protocol) + "\n```"))
+    display(Markdown("No checkpoints given (`make book CHECKPOINTS=\"a-states.pt b-states.pt\" DATA_DIR=...`, or "
+                     "`-p checkpoints ...` with papermill).\n\n```text\n" + reproduce.download_instructions(protocol)
+                     + "\n```"))
 else:
     source = ({"test_csv": str(paths.absolute(test_csv)), "corpus": str(paths.absolute(corpus))} if test_csv
               else {"data_dir": str(paths.resolve_data_dir(data_dir))})
