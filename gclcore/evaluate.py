@@ -47,7 +47,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -162,6 +162,23 @@ def embed_items(encoder: TextImageEncoder, table: pd.DataFrame, fields: tuple[Fi
     return Side(tuple(fields), embeddings, present).fused()
 
 
+@runtime_checkable
+class LexicalRetriever(Protocol):
+    """A model that ranks texts itself (BM25, :mod:`gclcore.bm25`) instead of embedding them."""
+
+    def search(self, queries: list[str], documents: list[str], k: int, progress: bool = False): ...
+
+    def checksum(self) -> str: ...
+
+
+def lexical_texts(table: pd.DataFrame, fields: tuple[Field, ...]) -> list[str]:
+    """The one text field a lexical retriever ranks by (missing values are empty texts)."""
+    if len(fields) != 1 or fields[0].is_image or fields[0].name not in table.columns:
+        raise ValueError(f"a lexical model ranks one text field per side, e.g. --rhs-fields title; got "
+                         f"{format_fields(fields)!r}")
+    return table[fields[0].name].fillna("").astype(str).tolist()
+
+
 def _cached(path: Path | None, compute):
     if path is None:
         return compute()
@@ -237,21 +254,25 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     if len(query_table) != len(sampled):  # dev/test ground truth may name queries absent from the CSV
         missing = [k for k in sampled if k not in first_rows.index]
         raise DataFormatError(dataset.source(split), f"{len(missing)} ground-truth queries not in the split, e.g. {missing[0]!r}")
-    query_tag = hashlib.sha256("\n".join(sampled).encode()).hexdigest()[:16]
-    query_emb = embed_items(encoder, query_table, lhs_fields, resolver, cached=field_cache("queries", query_tag),
-                            source=str(dataset.source(split)))
     corpus = dataset.corpus(split)
     if corpus_subset is not None:  # a sub-corpus (dev_subcorpus): those rows, in corpus order, cached apart
         rows = np.unique(np.asarray(corpus_subset, dtype=np.int64))
         corpus = corpus.iloc[rows].reset_index(drop=True)
         cache = None if cache is None else cache / f"subset-{hashlib.sha256(rows.tobytes()).hexdigest()[:16]}"
-    corpus_tag = dataset.corpus_digest(split)
-    corpus_emb = embed_items(encoder, corpus, rhs_fields, resolver, cached=field_cache("corpus", corpus_tag),
-                             source=dataset.corpus_label(split))
-    timings["embed_s"] = time.perf_counter() - t1
-
-    t2 = time.perf_counter()
-    scores, index = exact_topk(query_emb, corpus_emb, top_k, progress=progress, device=search_device)
+    if isinstance(encoder, LexicalRetriever):  # BM25: the ranking straight from the texts
+        t2 = time.perf_counter()
+        scores, index = encoder.search(lexical_texts(query_table, lhs_fields), lexical_texts(corpus, rhs_fields),
+                                       top_k, progress=progress)
+    else:
+        query_tag = hashlib.sha256("\n".join(sampled).encode()).hexdigest()[:16]
+        query_emb = embed_items(encoder, query_table, lhs_fields, resolver, cached=field_cache("queries", query_tag),
+                                source=str(dataset.source(split)))
+        corpus_emb = embed_items(encoder, corpus, rhs_fields, resolver,
+                                 cached=field_cache("corpus", dataset.corpus_digest(split)),
+                                 source=dataset.corpus_label(split))
+        timings["embed_s"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        scores, index = exact_topk(query_emb, corpus_emb, top_k, progress=progress, device=search_device)
     timings["search_s"] = time.perf_counter() - t2
     doc_ids = corpus["product_id"].astype(str).to_numpy()
     run = {key: dict(zip(doc_ids[index[i]].tolist(), scores[i].astype(np.float64).tolist()))
@@ -476,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--image-root", help="image folder (resolved by basename); needed for image fields")
     data.add_argument("--split", default="all", help="with --data-dir: a split stem, HF name, or all")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", "--model_name", default="default", help="open_clip model name, or default (embedded)")
+    model.add_argument("--model", "--model_name", default="default",
+                       help="open_clip model name, default (embedded), or bm25 (lexical, on titles)")
     model.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path")
     model.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="encoding precision (auto: bf16 on CUDA, fp32 on CPU; the published script: fp16)")
@@ -487,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     model.add_argument("--device", default=None)
     protocol = parser.add_argument_group("protocol")
     protocol.add_argument("--lhs-fields", default="query=1", help="query-side fields and weights")
-    protocol.add_argument("--rhs-fields", default="image_local=1", help="document fields, e.g. image_local=0.9,title=0.1")
+    protocol.add_argument("--rhs-fields", default=None,
+                          help="document fields, e.g. image_local=0.9,title=0.1 (default: image_local=1; bm25: title)")
     protocol.add_argument("--left-keys", help="published syntax, e.g. \"['query']\" (with --left-weights)")
     protocol.add_argument("--left-weights", default=None)
     protocol.add_argument("--right-keys", help="published syntax, e.g. \"['image_local', 'title']\"")
@@ -533,9 +556,14 @@ def main(argv: list[str] | None = None) -> int:
 
             dataset = files_dataset(args.test_csv, args.corpus, args.image_root)
         _image_source(dataset, lhs + rhs)  # before the model is loaded
-        encoder = load_encoder(args.model, args.pretrained, device=args.device, batch_size=args.batch_size,
-                               precision=args.precision, context_length=args.context_length,
-                               workers=args.num_workers, progress=True)
+        if args.model == "bm25":
+            from gclcore.bm25 import BM25Retriever
+
+            encoder = BM25Retriever()
+        else:
+            encoder = load_encoder(args.model, args.pretrained, device=args.device, batch_size=args.batch_size,
+                                   precision=args.precision, context_length=args.context_length,
+                                   workers=args.num_workers, progress=True)
         options = dict(lhs_fields=lhs, rhs_fields=rhs, weight_key=args.weight_key, top_q=args.top_q, top_k=args.top_k,
                        query_set=args.query_set, cache_dir=False if args.overwrite_feature else args.cache_dir,
                        search_device="cpu" if args.run_queries_cpu else None)
@@ -599,7 +627,8 @@ def metrics_only(output_dir: str | os.PathLike, top_k: int = 1000) -> pd.DataFra
 def _fields_from_args(args) -> tuple[tuple[Field, ...], tuple[Field, ...]]:
     """The query and document fields: ``--lhs-fields`` / ``--rhs-fields``, or the published list flags."""
     if args.left_keys is None and args.right_keys is None:
-        return parse_fields(args.lhs_fields), parse_fields(args.rhs_fields)
+        rhs = args.rhs_fields or ("title" if args.model == "bm25" else "image_local=1")
+        return parse_fields(args.lhs_fields), parse_fields(rhs)
     if None in (args.left_keys, args.right_keys, args.left_weights, args.right_weights, args.img_or_txt):
         raise ValueError("the published field flags go together: --left-keys, --left-weights, --right-keys, "
                          "--right-weights and --img-or-txt")
