@@ -134,8 +134,11 @@ def build_qrels(frame: pd.DataFrame, keys: pd.Series, grades: np.ndarray, sample
 
 def embed_items(encoder: TextImageEncoder, table: pd.DataFrame, fields: tuple[Field, ...],
                 resolver: ImageResolver | None, first_field_always: bool = True, cached=None,
-                source: str = "<items>") -> torch.Tensor:
+                source: str = "<items>", side: str = "document") -> torch.Tensor:
     """Fused embeddings of a table's items (rows) over ``fields`` (step 5).
+
+    Texts get the encoder's prefix for ``side`` (``"query"`` or ``"document"``; its ``text_prefixes``, e.g.
+    E5's ``query: `` / ``passage: ``), missing ones included, as the model was trained to see them.
 
     ``cached(field_name, compute)`` may memoise one field's (unfused) embeddings, so configurations that
     share a field (image only; image 0.9 + title 0.1) embed it once.
@@ -155,7 +158,8 @@ def embed_items(encoder: TextImageEncoder, table: pd.DataFrame, fields: tuple[Fi
             stored = values.fillna("").astype(str).tolist()
             embeddings[f.name] = cached(f.name, functools.partial(encoder.encode_image_files, stored, resolver))
         else:
-            texts = values.astype(object).map(str).tolist()
+            prefix = getattr(encoder, "text_prefixes", {}).get(side, "")
+            texts = [prefix + text for text in values.astype(object).map(str).tolist()]
             embeddings[f.name] = cached(f.name, functools.partial(encoder.encode_text, texts))
     if first_field_always:  # the published evaluation never zeroes the first field
         present[fields[0].name] = torch.ones(len(table), dtype=torch.bool)
@@ -266,7 +270,7 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     else:
         query_tag = hashlib.sha256("\n".join(sampled).encode()).hexdigest()[:16]
         query_emb = embed_items(encoder, query_table, lhs_fields, resolver, cached=field_cache("queries", query_tag),
-                                source=str(dataset.source(split)))
+                                source=str(dataset.source(split)), side="query")
         corpus_emb = embed_items(encoder, corpus, rhs_fields, resolver,
                                  cached=field_cache("corpus", dataset.corpus_digest(split)),
                                  source=dataset.corpus_label(split))
@@ -498,8 +502,15 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--split", default="all", help="with --data-dir: a split stem, HF name, or all")
     model = parser.add_argument_group("model")
     model.add_argument("--model", "--model_name", default="default",
-                       help="open_clip model name, default (embedded), or bm25 (lexical, on titles)")
+                       help="open_clip model name, default (embedded), hf:DIR (a Hugging Face text model "
+                       "directory, text only), or bm25 (lexical, on titles)")
     model.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path")
+    model.add_argument("--model-config", help="an open_clip custom config (*.json, e.g. the publisher's evals/cfg/) "
+                       "as the model; its Hugging Face text model from --hf-dir or the local cache")
+    model.add_argument("--hf-dir", help="the local Hugging Face model directory a --model-config names")
+    model.add_argument("--pooling", choices=("mean", "cls"), default="mean", help="with --model hf:DIR")
+    model.add_argument("--query-prefix", default="", help="prepended to query texts (E5: 'query: ')")
+    model.add_argument("--document-prefix", default="", help="prepended to document texts (E5: 'passage: ')")
     model.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="encoding precision (auto: bf16 on CUDA, fp32 on CPU; the published script: fp16)")
     model.add_argument("--batch-size", type=int, default=256, help="encoding batch size")
@@ -561,9 +572,11 @@ def main(argv: list[str] | None = None) -> int:
 
             encoder = BM25Retriever()
         else:
-            encoder = load_encoder(args.model, args.pretrained, device=args.device, batch_size=args.batch_size,
-                                   precision=args.precision, context_length=args.context_length,
-                                   workers=args.num_workers, progress=True)
+            encoder = load_encoder(args.model_config or args.model, args.pretrained, device=args.device,
+                                   batch_size=args.batch_size, precision=args.precision,
+                                   context_length=args.context_length, workers=args.num_workers, progress=True,
+                                   query_prefix=args.query_prefix, document_prefix=args.document_prefix,
+                                   pooling=args.pooling, hf_dir=args.hf_dir)
         options = dict(lhs_fields=lhs, rhs_fields=rhs, weight_key=args.weight_key, top_q=args.top_q, top_k=args.top_k,
                        query_set=args.query_set, cache_dir=False if args.overwrite_feature else args.cache_dir,
                        search_device="cpu" if args.run_queries_cpu else None)
@@ -627,7 +640,8 @@ def metrics_only(output_dir: str | os.PathLike, top_k: int = 1000) -> pd.DataFra
 def _fields_from_args(args) -> tuple[tuple[Field, ...], tuple[Field, ...]]:
     """The query and document fields: ``--lhs-fields`` / ``--rhs-fields``, or the published list flags."""
     if args.left_keys is None and args.right_keys is None:
-        rhs = args.rhs_fields or ("title" if args.model == "bm25" else "image_local=1")
+        text_model = args.model == "bm25" or args.model.startswith("hf:") or args.model_config
+        rhs = args.rhs_fields or ("title" if text_model else "image_local=1")
         return parse_fields(args.lhs_fields), parse_fields(rhs)
     if None in (args.left_keys, args.right_keys, args.left_weights, args.right_weights, args.img_or_txt):
         raise ValueError("the published field flags go together: --left-keys, --left-weights, --right-keys, "

@@ -35,7 +35,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -129,6 +129,11 @@ def resolve_pretrained(model: str, pretrained: str | None, cache_dir: str | None
         return ""
     if model.startswith(("hf-hub:", "local-dir:")):
         return value  # the weights come with the model name itself (open_clip loads them)
+    if is_text_model(model):
+        if value:
+            raise PretrainedUnavailable(f"model {model!r}: pretrained={value!r} is not a file; it takes a "
+                                        f"checkpoint file, '' (the Hugging Face weights) or 'none'")
+        return ""
     tag = value or standard_pretrained_tag(model)
     if not is_pretrained_cfg(model, tag):
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
@@ -152,6 +157,73 @@ def resolve_pretrained(model: str, pretrained: str | None, cache_dir: str | None
         raise PretrainedUnavailable(f"model {model!r}: the weights of {weights} are not in the local cache and "
                                     f"could not be downloaded ({err}); {_HOW_TO_GIVE_WEIGHTS}") from err
     return tag
+
+
+HF_PREFIX = "hf:"
+"""``hf:DIR``: a Hugging Face text model directory (sentence-transformers / transformers) as a text-only model."""
+TEXT_ONLY_VISION = {"image_size": 32, "layers": 1, "width": 64, "patch_size": 32}
+"""The placeholder image tower open_clip needs in every config; a text-only model never runs it."""
+POOLERS = {"mean": "mean_pooler", "cls": "cls_last_hidden_state_pooler"}
+"""Pooling of the last hidden states: mean over the attention mask, or the first (CLS) token as is."""
+
+
+def is_text_model(model: str) -> bool:
+    """``hf:DIR`` or an open_clip config file (``*.json``) wrapping a Hugging Face text model."""
+    return model.startswith(HF_PREFIX) or model.endswith(".json")
+
+
+def hf_text_config(model_dir: str | os.PathLike, pooling: str = "mean", context_length: int = 512) -> dict:
+    """An open_clip custom config for a local Hugging Face text model: its own width as the embedding
+    (no projection), ``pooling`` over the last hidden states (``mean`` over the attention mask, or the
+    ``cls`` token), ``context_length`` tokens at most."""
+    from transformers import AutoConfig
+
+    if pooling not in POOLERS:
+        raise ValueError(f"pooling must be one of {', '.join(POOLERS)}, not {pooling!r}")
+    model_dir = str(Path(model_dir).expanduser().resolve())
+    try:
+        hidden = AutoConfig.from_pretrained(model_dir, local_files_only=True).hidden_size
+    except OSError as err:
+        raise PretrainedUnavailable(f"{model_dir}: not a Hugging Face model directory ({err})") from err
+    return {"embed_dim": hidden, "vision_cfg": dict(TEXT_ONLY_VISION),
+            "text_cfg": {"hf_model_name": model_dir, "hf_tokenizer_name": model_dir, "hf_proj_type": None,
+                         "hf_pooler_type": POOLERS[pooling], "context_length": context_length}}
+
+
+def read_config_file(path: str | os.PathLike, hf_dir: str | os.PathLike | None = None) -> dict:
+    """An open_clip custom model config as the publisher ships them (``evals/cfg/*.json``): its Hugging Face
+    text model is ``hf_dir`` if given, else the model it names from the local Hugging Face cache (never
+    the network). Older key names (``pooler_type``, ``proj``) are read as open_clip's current ones."""
+    cfg = json.loads(Path(path).read_text())
+    text = cfg.get("text_cfg", {})
+    for old, new in (("pooler_type", "hf_pooler_type"), ("proj", "hf_proj_type")):
+        if old in text:
+            text.setdefault(new, text.pop(old))
+    if "hf_model_name" in text:
+        local = str(Path(hf_dir).expanduser().resolve()) if hf_dir else _cached_hf_model(text["hf_model_name"], path)
+        text["hf_model_name"] = text["hf_tokenizer_name"] = local
+    return cfg
+
+
+def _cached_hf_model(repo_id: str, config_file) -> str:
+    from huggingface_hub import snapshot_download
+
+    if os.path.isdir(repo_id):
+        return os.path.abspath(repo_id)
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception as err:  # huggingface_hub raises several types for "not cached"
+        raise PretrainedUnavailable(f"{config_file}: its text model {repo_id!r} is not in the local Hugging Face "
+                                    f"cache; give the model's directory (--hf-dir DIR)") from err
+
+
+def _register_config(name: str, cfg: dict) -> str:
+    import open_clip
+
+    folder = Path(tempfile.mkdtemp(prefix="gclcore-configs-"))
+    (folder / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(folder / f"{name}.json")
+    return name
 
 
 def minilm_path() -> str:
@@ -218,6 +290,8 @@ class Encoder:
     positions, interpolating its positional embeddings; the two agree at the model's own length, which
     the published scripts use); images are decoded by ``workers`` DataLoader workers
     (None: one per spare core); ``progress`` shows a bar per call unless a call says otherwise.
+    ``text_only`` models (``hf:DIR``) refuse images; ``text_prefixes`` (``{"query": "query: ",
+    "document": "passage: "}`` for E5) are prepended by the evaluator to each side's texts.
     ``preprocess_train`` / ``preprocess`` are open_clip's
     train / eval image transforms.
     """
@@ -234,6 +308,8 @@ class Encoder:
     context_length: int = 0
     workers: int | None = None
     progress: bool = False
+    text_only: bool = False
+    text_prefixes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -298,6 +374,8 @@ class Encoder:
 
         from gclcore.loaders import iterate_images
 
+        if self.text_only:
+            raise ValueError(f"{self.name} is a text-only model: give it text fields (e.g. --rhs-fields title)")
         batch_size = batch_size or self.batch_size
         self.model.eval()
         out = []
@@ -341,7 +419,8 @@ def state_digest(*parts) -> str:
 def load_encoder(model: str = "default", pretrained: str | None = None, device: str | torch.device | None = None,
                  channels_last: bool = True, *, batch_size: int = 256, precision: str = "auto",
                  context_length: int = 0, workers: int | None = None, progress: bool = False, seed: int | None = 0,
-                 **open_clip_kwargs) -> Encoder:
+                 query_prefix: str = "", document_prefix: str = "", pooling: str = "mean",
+                 hf_dir: str | os.PathLike | None = None, **open_clip_kwargs) -> Encoder:
     """Build an :class:`Encoder` (see the module docstring for what ``model`` / ``pretrained`` accept).
 
     ``pretrained`` goes through :func:`resolve_pretrained` first: for an open_clip model, none given
@@ -364,6 +443,11 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = DEFAULT_MODEL if model in ("default", DEFAULT_MODEL) else model
     pretrained = resolve_pretrained(name, pretrained, open_clip_kwargs.get("cache_dir"))
+    text_only = name.startswith(HF_PREFIX)
+    if is_text_model(name):
+        cfg = (hf_text_config(name[len(HF_PREFIX):], pooling, context_length or 512) if text_only
+               else read_config_file(name, hf_dir))
+        name = _register_config(f"gclcore-{hashlib.sha256(json.dumps(cfg).encode()).hexdigest()[:12]}", cfg)
     random_init = pretrained == RANDOM_INIT
     checkpoint = pretrained if os.path.isabs(pretrained) else None  # files come back absolute, tags never
     caller_rng = torch.default_generator.get_state()
@@ -378,6 +462,10 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
         if not random_init:
             net.visual.trunk.load_state_dict(
                 {k: v for k, v in lite0_state_dict().items() if not k.startswith("classifier.")})
+    elif is_text_model(model):  # the Hugging Face weights come with the text tower, whatever open_clip says
+        with _expected_messages_silenced(), _root_messages_dropped("Model initialized randomly"):
+            net, preprocess_train, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=None, pretrained_text=not random_init, **open_clip_kwargs)
     else:
         tag = None if random_init or checkpoint else pretrained
         # built without weights when a checkpoint follows: open_clip's "initialized randomly" would be untrue
@@ -391,8 +479,9 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     net = net.to(device).eval()
     if channels_last and any(isinstance(m, torch.nn.Conv2d) for m in net.visual.modules()):
         net.visual.to(memory_format=torch.channels_last)
-    return Encoder(net, open_clip.get_tokenizer(name), preprocess_train, preprocess, name, pretrained or None,
-                   device, batch_size, precision, context_length, workers, progress)
+    return Encoder(net, open_clip.get_tokenizer(name), preprocess_train, preprocess, model if is_text_model(model)
+                   else name, pretrained or None, device, batch_size, precision, context_length, workers, progress,
+                   text_only, {"query": query_prefix, "document": document_prefix})
 
 
 class _DropMessages(logging.Filter):
