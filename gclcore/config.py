@@ -34,6 +34,9 @@ class TrainConfig:
     # model
     model: str = "default"
     pretrained: str = ""
+    pooling: str = "mean"                   # hf:DIR text models: mean | cls
+    query_prefix: str = ""                  # prepended to query texts in training and evaluation (E5: "query: ")
+    document_prefix: str = ""               # ... to document texts (E5: "passage: ")
     freeze: str = "auto"                    # "trunks" (cached features, heads trained) | "none" | "auto"
     # GCL
     stw: str = "linear"                     # see gclcore.weights; "constant" is the CLIP baseline

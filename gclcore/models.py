@@ -172,10 +172,11 @@ def is_text_model(model: str) -> bool:
     return model.startswith(HF_PREFIX) or model.endswith(".json")
 
 
-def hf_text_config(model_dir: str | os.PathLike, pooling: str = "mean", context_length: int = 512) -> dict:
+def hf_text_config(model_dir: str | os.PathLike, pooling: str = "mean", context_length: int = 77) -> dict:
     """An open_clip custom config for a local Hugging Face text model: its own width as the embedding
     (no projection), ``pooling`` over the last hidden states (``mean`` over the attention mask, or the
-    ``cls`` token), ``context_length`` tokens at most."""
+    ``cls`` token), ``context_length`` tokens (open_clip pads every text to it; 77 is open_clip's default,
+    which the publisher's text-model configs use, and holds any query or title)."""
     from transformers import AutoConfig
 
     if pooling not in POOLERS:
@@ -445,7 +446,7 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     pretrained = resolve_pretrained(name, pretrained, open_clip_kwargs.get("cache_dir"))
     text_only = name.startswith(HF_PREFIX)
     if is_text_model(name):
-        cfg = (hf_text_config(name[len(HF_PREFIX):], pooling, context_length or 512) if text_only
+        cfg = (hf_text_config(name[len(HF_PREFIX):], pooling, context_length or 77) if text_only
                else read_config_file(name, hf_dir))
         name = _register_config(f"gclcore-{hashlib.sha256(json.dumps(cfg).encode()).hexdigest()[:12]}", cfg)
     random_init = pretrained == RANDOM_INIT

@@ -95,7 +95,8 @@ class PairRows(torch.utils.data.Dataset):
     Augmentation is seeded per (seed, epoch, row)."""
 
     def __init__(self, rows: pd.DataFrame, fields: tuple[Field, ...], tokenizer, transform,
-                 resolver: ImageResolver | None, seed: int):
+                 resolver: ImageResolver | None, seed: int, prefixes: dict[str, str] | None = None):
+        self.prefixes = prefixes or {}
         self.rows = {f.name: rows[f.name].astype(object).tolist() for f in fields}
         self.fields, self.tokenizer, self.transform, self.resolver, self.seed = fields, tokenizer, transform, resolver, seed
         self.epoch = 0
@@ -108,7 +109,7 @@ class PairRows(torch.utils.data.Dataset):
         for f in self.fields:
             value = self.rows[f.name][i]
             if not f.is_image:
-                item[f.name] = self.tokenizer([str(value)])[0]
+                item[f.name] = self.tokenizer([self.prefixes.get(f.name, "") + str(value)])[0]
                 continue
             image, status = self.resolver.load(value)
             item[f"{f.name}/status"] = int(status)
@@ -122,10 +123,10 @@ class FullTowers:
     """Full fine-tuning: a batch is a dict of tokens / pixels from the DataLoader."""
 
     def __init__(self, encoder, rows: pd.DataFrame, fields: tuple[Field, ...], resolver: ImageResolver | None,
-                 seed: int, workers: int):
+                 seed: int, workers: int, prefixes: dict[str, str] | None = None):
         self.encoder, self.model, self.fields, self.resolver = encoder, encoder.model, fields, resolver
         self.eval_encoder = encoder
-        self.dataset = PairRows(rows, fields, encoder.tokenizer, encoder.preprocess_train, resolver, seed)
+        self.dataset = PairRows(rows, fields, encoder.tokenizer, encoder.preprocess_train, resolver, seed, prefixes)
         self.workers = default_workers() if workers < 0 else workers
 
     def trainable(self) -> list[torch.nn.Parameter]:
@@ -179,13 +180,25 @@ def resolve_freeze(freeze: str, model: torch.nn.Module) -> str:
         return "none"
 
 
+def field_prefixes(encoder, query_fields: tuple[Field, ...], document_fields: tuple[Field, ...]) -> dict[str, str]:
+    """Each text field's prefix from the encoder's per-side ``text_prefixes`` (empty ones left out)."""
+    sides = getattr(encoder, "text_prefixes", {})
+    prefixes = {f.name: sides.get("query", "") for f in query_fields if not f.is_image}
+    prefixes |= {f.name: sides.get("document", "") for f in document_fields if not f.is_image}
+    return {name: prefix for name, prefix in prefixes.items() if prefix}
+
+
 def build_towers(freeze: str, encoder, rows: pd.DataFrame, fields: tuple[Field, ...], dataset: Dataset, *,
-                 cache_dir: str, seed: int, workers: int, progress: bool) -> Towers:
-    """Head or full towers for ``freeze`` (``"trunks"``, ``"none"`` or ``"auto"``: :func:`resolve_freeze`)."""
+                 cache_dir: str, seed: int, workers: int, progress: bool,
+                 prefixes: dict[str, str] | None = None) -> Towers:
+    """Head or full towers for ``freeze`` (``"trunks"``, ``"none"`` or ``"auto"``: :func:`resolve_freeze`);
+    ``prefixes`` (:func:`field_prefixes`) are prepended to those text fields (full fine-tuning)."""
     if resolve_freeze(freeze, encoder.model) == "trunks":
+        if prefixes:
+            raise ValueError(f"text prefixes ({prefixes}) need full fine-tuning: freeze=none")
         return HeadTowers(encoder, rows, fields, dataset, cache_dir or str(dataset.root / ".feature-cache"), workers,
                           progress)
-    return FullTowers(encoder, rows, fields, dataset.image_resolver(), seed, workers)
+    return FullTowers(encoder, rows, fields, dataset.image_resolver(), seed, workers, prefixes)
 
 
 def split_batch(batch, parts: int) -> list:

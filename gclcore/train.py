@@ -44,7 +44,7 @@ from gclcore.fusion import Field, Side, parse_fields
 from gclcore.loss import GCLLoss, multi_field_loss
 from gclcore.optim import Precision, build_optimizer, cosine_schedule, set_lr
 from gclcore.runlog import RunLog, Throughput, split_history
-from gclcore.towers import Towers, build_towers, resolve_freeze, split_batch
+from gclcore.towers import Towers, build_towers, field_prefixes, resolve_freeze, split_batch
 from gclcore.weights import get_stw
 
 
@@ -237,7 +237,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     cfg = _record_config(cfg, cfg.resolved(resolve_freeze(cfg.freeze, model), total_steps), total_steps, out, ctx)
     towers = distributed.main_first(ctx, lambda: build_towers(
         cfg.freeze, encoder, rows, lhs + rhs, dataset, cache_dir=cfg.feature_cache_dir, seed=cfg.seed,
-        workers=cfg.workers, progress=cfg.progress))
+        workers=cfg.workers, progress=cfg.progress, prefixes=field_prefixes(encoder, lhs, rhs)))
     objective = PairObjective(rows, lhs, rhs, cfg, model, device,
                               gather=distributed.all_gather_with_grad if ctx.enabled else None)
 
@@ -306,7 +306,8 @@ def _load_model(cfg: TrainConfig, device: torch.device, ctx: distributed.Context
     """The encoder to train; under torchrun every rank starts from rank 0's weights, with its own dropout."""
     from gclcore.models import load_encoder
 
-    encoder = load_encoder(cfg.model, cfg.pretrained, device=device, seed=None)  # initialised from cfg.seed
+    encoder = load_encoder(cfg.model, cfg.pretrained, device=device, seed=None,  # initialised from cfg.seed
+                           pooling=cfg.pooling, query_prefix=cfg.query_prefix, document_prefix=cfg.document_prefix)
     if ctx.enabled:
         distributed.broadcast_parameters(encoder.model)
         torch.manual_seed(cfg.seed + ctx.rank)

@@ -28,7 +28,7 @@ TEXTS = ["red running shoes for women", "a blue denim jacket, size M", "x"]
 def test_minilm_directory_equals_a_direct_forward():
     encoder = load_encoder("hf:" + minilm_path(), device="cpu")
     assert encoder.text_only and encoder.embed_dim == 384
-    assert torch.allclose(encoder.encode_text(TEXTS), direct(minilm_path(), TEXTS), atol=1e-5)
+    assert torch.allclose(encoder.encode_text(TEXTS), direct(minilm_path(), TEXTS, max_length=77), atol=1e-5)
     with pytest.raises(ValueError, match="text-only"):
         encoder.encode_image_files(["a.png"], None)
 
@@ -49,7 +49,7 @@ def tiny_bert(tmp_path_factory):
 def test_tiny_bert_with_cls_pooling_and_prefixes(tiny_bert, tiny_shop, tmp_path):
     encoder = load_encoder(f"hf:{tiny_bert}", device="cpu", pooling="cls", query_prefix="query: ",
                            document_prefix="passage: ")
-    assert torch.allclose(encoder.encode_text(TEXTS), direct(tiny_bert, TEXTS, "cls"), atol=1e-5)
+    assert torch.allclose(encoder.encode_text(TEXTS), direct(tiny_bert, TEXTS, "cls", max_length=77), atol=1e-5)
     assert encoder.text_prefixes == {"query": "query: ", "document": "passage: "}
     # the evaluator prepends each side's prefix: embeddings of the prefixed texts, cached per field
     calls = []
