@@ -40,23 +40,36 @@ class BM25Retriever:
     def checksum(self) -> str:
         return f"bm25-{self.method}-k1={self.k1}-b={self.b}-stopwords={self.stopwords}"
 
-    def search(self, queries: list[str], documents: list[str], k: int,
-               progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` documents per query: ``(scores (Q, k) float32, indices (Q, k) int64)``, k clipped to
-        the number of documents."""
+    def build_index(self, documents: list[str]):
+        """The ``bm25s`` index of ``documents`` (tokenised as the module docstring says)."""
         import bm25s
-        from tqdm.auto import tqdm
 
         index = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
         index.index(bm25s.tokenize(list(documents), stopwords=self.stopwords, show_progress=False),
                     show_progress=False)
-        tokens = bm25s.tokenize(list(queries), stopwords=self.stopwords, return_ids=False, show_progress=False)
+        return index
+
+    def query_scores(self, index, queries: list[str]):
+        """Each query's (N,) scores against ``index``, one query at a time (a generator)."""
+        import bm25s
+
+        n = int(index.scores["num_docs"])
+        for query in bm25s.tokenize(list(queries), stopwords=self.stopwords, return_ids=False, show_progress=False):
+            # all zero for a query with no indexed term (bm25s needs at least one token)
+            yield index.get_scores(query) if query else np.zeros(n, dtype=np.float32)
+
+    def search(self, queries: list[str], documents: list[str], k: int,
+               progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` documents per query: ``(scores (Q, k) float32, indices (Q, k) int64)``, k clipped to
+        the number of documents."""
+        from tqdm.auto import tqdm
+
+        index = self.build_index(documents)
         k = min(k, len(documents))
         scores = np.empty((len(queries), k), dtype=np.float32)
         rows = np.empty((len(queries), k), dtype=np.int64)
-        for i, query in enumerate(tqdm(tokens, desc="bm25", disable=not progress)):
-            # (N,); all zero for a query with no indexed term (bm25s needs at least one token)
-            values = index.get_scores(query) if query else np.zeros(len(documents), dtype=np.float32)
+        for i, values in enumerate(tqdm(self.query_scores(index, queries), desc="bm25", total=len(queries),
+                                        disable=not progress)):
             rows[i] = top_k_stable(values, k)
             scores[i] = values[rows[i]]
         return scores, rows
