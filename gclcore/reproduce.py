@@ -164,6 +164,11 @@ def compare(measured: pd.DataFrame, protocol: Protocol, releases: list[Release],
     return pd.DataFrame(rows)
 
 
+def verdicts_withheld(table: pd.DataFrame, protocol: Protocol) -> bool:
+    """Whether :func:`compare` withheld its verdicts (``n/a``: the data is not the published data)."""
+    return bool((table[[f"{c} verdict" for c in protocol.metrics]] == "n/a").any(axis=None))
+
+
 def passed(table: pd.DataFrame, protocol: Protocol) -> dict[str, bool]:
     """Per checkpoint with a published row: does some document configuration pass every value?"""
     verdicts = table[[f"{c} verdict" for c in protocol.metrics]]
@@ -197,7 +202,6 @@ def run(checkpoints: list[str], protocol: Protocol, *, data_dir: str | None = No
     comparable = compare_any_data or bool(test_csv) or (
         published_split in dataset.splits and len(dataset.rows(published_split)) >= protocol.published_min_rows)
     table = compare(measured, protocol, releases, published_split, comparable)
-    table.attrs["comparable"] = comparable
     out.mkdir(parents=True, exist_ok=True)
     measured.to_csv(out / "measured.csv", index=False)
     table.to_csv(out / "comparison.csv", index=False)
@@ -315,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Published rows vs ours; {', '.join(f'{c} = {m}' for c, m in protocol.metrics.items())}; "
           f"PASS within {tolerance}:")
     print(table.astype(object).where(table.notna(), "-").to_string(index=False))
-    if not table.attrs["comparable"]:
+    if verdicts_withheld(table, protocol):
         print(f"verdicts n/a: this in-domain split is smaller than the published data's "
               f"({protocol.published_min_rows:,} rows or more); --compare-any-data gives them anyway")
     verdicts = passed(table, protocol)

@@ -56,7 +56,7 @@ else:
     table = reproduce.run(given, protocol, **source, image_root=str(paths.absolute(image_root)) if image_root else None,
                           out=out, model=architecture or None)
     display(reproduce.styled(table, protocol))
-    if not table.attrs["comparable"]:
+    if reproduce.verdicts_withheld(table, protocol):
         display(Markdown(f"Verdicts n/a: this in-domain split is smaller than the published data's "
                          f"({protocol.published_min_rows:,} rows or more), so the published values are only shown."))
     display(Markdown("\n".join(f"- `{key}`: " + ("**reproduced** (in at least one document configuration)" if ok
