@@ -23,6 +23,7 @@ import torch
 from gclcore.data import Dataset, ImageResolver
 from gclcore.fusion import Field
 from gclcore.loaders import default_workers
+from gclcore.models import trim_padding
 
 
 class Towers(Protocol):
@@ -155,8 +156,9 @@ class FullTowers:
         texts = [f.name for f in self.fields if not f.is_image]
         embedded = {}
         if texts:
-            tokens = torch.cat([batch[name] for name in texts]).to(device, non_blocking=True)
-            embedded = dict(zip(texts, self.model.encode_text(tokens, normalize=True).chunk(len(texts))))
+            tokens = trim_padding(self.model, torch.cat([batch[name] for name in texts]))
+            embedded = dict(zip(texts, self.model.encode_text(tokens.to(device, non_blocking=True),
+                                                              normalize=True).chunk(len(texts))))
         for f in self.fields:
             if f.is_image:
                 embedded[f.name] = self.model.encode_image(batch[f.name].to(device, non_blocking=True), normalize=True)

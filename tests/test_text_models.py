@@ -88,3 +88,21 @@ def test_cli_with_a_text_model(tiny_shop, tmp_path):
                           "--output-dir", str(tmp_path), "--device", "cpu", "--top-q", "5"]) == 0
     output = json.loads((tmp_path / "query_1_product_id_1" / "output.json").read_text())
     assert output["gclcore"]["rhs_fields"] == "title=1" and output["summary"]["NDCG@10"][0] > 0
+
+
+def test_padding_is_trimmed_to_the_longest_text_without_changing_embeddings(tiny_bert):
+    """Hugging Face towers get the batch's tokens cut after its longest text; the embeddings equal those
+    of the tokens padded to the full context length (mean and CLS pooling); other towers are untouched."""
+    from gclcore.models import trim_padding
+
+    for model_dir, pooling in ((minilm_path(), "mean"), (tiny_bert, "cls")):
+        encoder = load_encoder(f"hf:{model_dir}", device="cpu", pooling=pooling)
+        tokens = encoder.tokenizer(TEXTS)
+        trimmed = trim_padding(encoder.model, tokens)
+        longest = int((tokens != encoder.model.text.config.pad_token_id).sum(1).max())
+        assert tokens.shape == (3, 77) and trimmed.shape == (3, longest) and torch.equal(trimmed, tokens[:, :longest])
+        with torch.no_grad():
+            padded = encoder.model.encode_text(tokens, normalize=True)
+            assert torch.allclose(encoder.model.encode_text(trimmed, normalize=True), padded, atol=1e-6)
+        assert torch.allclose(encoder.encode_text(TEXTS), padded, atol=1e-6)
+    assert trim_padding(torch.nn.Linear(1, 1), tokens) is tokens  # e.g. CLIP's own text transformer
