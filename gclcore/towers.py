@@ -150,15 +150,19 @@ class FullTowers:
         return batch["index"].numpy()
 
     def embed(self, batch: dict) -> dict[str, torch.Tensor]:
-        """All text fields (e.g. query and title) in one text-tower call, which is faster than one call
-        each; image fields one call each, because BatchNorm's batch statistics must stay per field."""
+        """Text fields (e.g. query and title) in one text-tower call when their tokens are as long, which
+        is faster than one call each; a Hugging Face tower's tokens are cut after each field's longest text
+        (:func:`~gclcore.models.trim_padding`), and fields of other lengths go one call each (a query's 10
+        tokens are not padded to a title's 23). Image fields one call each, because BatchNorm's batch
+        statistics must stay per field."""
         device = self.encoder.device
-        texts = [f.name for f in self.fields if not f.is_image]
-        embedded = {}
-        if texts:
-            tokens = trim_padding(self.model, torch.cat([batch[name] for name in texts]))
-            embedded = dict(zip(texts, self.model.encode_text(tokens.to(device, non_blocking=True),
-                                                              normalize=True).chunk(len(texts))))
+        tokens = {f.name: trim_padding(self.model, batch[f.name]) for f in self.fields if not f.is_image}
+        if len({t.shape[1] for t in tokens.values()}) == 1:
+            joined = self.model.encode_text(torch.cat(list(tokens.values())).to(device, non_blocking=True), normalize=True)
+            embedded = dict(zip(tokens, joined.chunk(len(tokens))))
+        else:
+            embedded = {name: self.model.encode_text(t.to(device, non_blocking=True), normalize=True)
+                        for name, t in tokens.items()}
         for f in self.fields:
             if f.is_image:
                 embedded[f.name] = self.model.encode_image(batch[f.name].to(device, non_blocking=True), normalize=True)
