@@ -13,12 +13,17 @@ Command line (the Makefile takes its run list from ``list`` and trains every run
 
 Several runs in one call share one process (importing torch / open_clip costs ~15 s per process).
 A run writes ``<out>/<name>/`` (see :mod:`gclcore.train`), including ``test/results.csv``: the
-reference protocol's summary row on every split.
+reference protocol's summary row on every split. A run with ``model: bm25`` has nothing to train
+(``epochs: 0``): it is only tested, by :class:`gclcore.bm25.BM25Retriever` on its ``rhs_fields``.
+
+Runs that share settings share them with YAML anchors (``text: &text {...}`` then ``{<<: *text, ...}``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -53,13 +58,37 @@ def ensure_runs(spec: dict, names: list[str], runs_dir: str | Path, overrides: d
     """Train (and test) every run of ``names`` that has no ``<runs_dir>/<name>/test/results.csv`` yet;
     returns the names it trained. ``make book`` trains all runs beforehand; a chapter run by hand
     (JupyterLab, papermill) trains what it is missing, saying so."""
-    from gclcore.train import train
-
     missing = [name for name in names if not (Path(runs_dir) / name / "test" / "results.csv").exists()]
     for name in missing:
         print(f"run {name!r} is not in {runs_dir}: training it", flush=True)
-        train(run_config(spec, name, runs_dir, overrides))
+        execute(run_config(spec, name, runs_dir, overrides))
     return missing
+
+
+def execute(cfg: TrainConfig):
+    """Train and test one run (:func:`gclcore.train.train`); returns its test table (``test/results.csv``).
+
+    ``model: bm25`` is a lexical ranker with no parameters: the run only tests it, over the same splits,
+    fields and protocol depth (``eval_top_q``, ``eval_top_k``) as a trained run, and records its config."""
+    if cfg.model != "bm25":
+        from gclcore.train import train
+
+        return train(cfg).test
+    if cfg.epochs or cfg.max_steps:
+        raise ValueError(f"model bm25 has nothing to train, but the run asks for epochs={cfg.epochs}, "
+                         f"max_steps={cfg.max_steps}: give the run epochs: 0 (and no max_steps)")
+    if not cfg.test_splits:
+        raise ValueError("a bm25 run is only tested, but its test_splits is empty: give it test_splits: all")
+    from gclcore.bm25 import BM25Retriever
+    from gclcore.evaluate import evaluate
+    from gclcore.fusion import parse_fields
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    return evaluate(BM25Retriever(), cfg.data_dir, out / "test", cfg.test_splits, image_root=cfg.image_root or None,
+                    lhs_fields=parse_fields(cfg.lhs_fields), rhs_fields=parse_fields(cfg.rhs_fields),
+                    top_q=cfg.eval_top_q, top_k=cfg.eval_top_k, cache_dir=False, progress=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,18 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.set)
     except ValueError as err:
         parser.error(str(err))
-    # imported here, not at the top, so that `list` (the Makefile's) stays free of torch
-    from gclcore.train import train
-
     for name in args.names:
         try:
-            result = train(run_config(spec, name, args.out, overrides))
+            test = execute(run_config(spec, name, args.out, overrides))
         except (ValueError, FileNotFoundError, KeyError) as err:
             print(f"error in run {name!r}: {err}", file=sys.stderr)
             return 2
         print(f"== {name}")
-        if result.test is not None:
-            print(result.test.to_string(index=False))
+        if test is not None:
+            print(test.to_string(index=False))
     return 0
 
 

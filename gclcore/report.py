@@ -38,6 +38,26 @@ def results(runs_dir: str | os.PathLike, names: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def published_results(rows: list[dict], columns: dict[str, str], split: str = "in_domain") -> pd.DataFrame:
+    """Published rows (``book/expected.yaml``: ``{method, model, nDCG, ERR, RBP}``) in the long format of
+    :func:`results`, so they sit in the same tables as measured runs: ``run`` = ``"<method> <model>
+    (published)"`` (a model of ``"-"``, BM25's, left out), ``name`` = ``split``, and each published column
+    renamed by ``columns`` (``{"nDCG": "NDCG@10", ...}``)."""
+    def label(row):
+        return " ".join(part for part in (row["method"], row["model"], "(published)") if part != "-")
+
+    return pd.DataFrame([{"run": label(row), "name": split, **{ours: row[theirs] for theirs, ours in columns.items()}}
+                         for row in rows])
+
+
+def best_run(long: pd.DataFrame, split: str = "in_domain", metric: str = "NDCG@10") -> str:
+    """The run with the highest ``metric`` on ``split`` (the first listed among equals)."""
+    rows = long[long["name"] == split]
+    if rows.empty:
+        raise ValueError(f"no run has results on split {split!r}")
+    return str(rows.loc[rows[metric].idxmax(), "run"])
+
+
 def paper_table(long: pd.DataFrame, metrics: dict[str, str] = PAPER_METRICS) -> pd.DataFrame:
     """Rows = runs (in the given order), columns = (split, metric): the paper's table layout."""
     order = list(dict.fromkeys(long["run"]))

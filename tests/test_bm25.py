@@ -4,7 +4,9 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 
 from gclcore import evaluate, metrics
 from gclcore.bm25 import BM25Retriever, top_k_stable
@@ -82,3 +84,23 @@ def test_cli(tiny_shop, tmp_path, capsys):
                           "--output-dir", str(tmp_path)]) == 0
     output = json.loads((tmp_path / "query_1_product_id_1" / "output.json").read_text())
     assert output["gclcore"]["rhs_fields"] == "title=1" and output["gclcore"]["model_checksum"].startswith("bm25-lucene")
+
+
+def test_an_experiments_run_of_bm25_is_tested_not_trained(tiny_shop, tmp_path):
+    """The book's `text-bm25` run: ``experiments run`` writes the same test table as evaluating BM25 directly."""
+    from gclcore import experiments
+
+    spec = {"base": {"data_dir": str(tiny_shop), "epochs": 3, "test_splits": "all", "eval_top_k": 50},
+            "runs": {"bm25": {"model": "bm25", "rhs_fields": "title=1", "epochs": 0}, "bm25-trained": {"model": "bm25"}}}
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert experiments.main(["run", str(path), "bm25", "--out", str(tmp_path / "runs")]) == 0
+    table = pd.read_csv(tmp_path / "runs" / "bm25" / "test" / "results.csv")
+    direct = evaluate.evaluate(BM25Retriever(), tiny_shop, tmp_path / "direct", "all",
+                               rhs_fields=(Field("title"),), top_k=50, cache_dir=False, progress=False)
+    pd.testing.assert_frame_equal(table, direct, check_exact=False, rtol=1e-9)
+    assert table["NDCG@10"].gt(0.1).all() and not (tmp_path / "runs" / "bm25" / "model.pt").exists()
+    with pytest.raises(ValueError, match="bm25 has nothing to train"):
+        experiments.execute(experiments.run_config(spec, "bm25-trained", tmp_path / "runs"))
+    with pytest.raises(ValueError, match="only tested"):
+        experiments.execute(experiments.run_config(spec, "bm25", tmp_path / "runs", {"test_splits": ""}))

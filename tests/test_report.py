@@ -28,6 +28,25 @@ def test_paper_table_and_gains(tmp_path):
         report.results(tmp_path, ["absent"])
 
 
+def test_published_rows_join_the_measured_tables(tmp_path):
+    _results(tmp_path, "gcl", [0.3, 0.15])
+    published = report.published_results(
+        [{"method": "BM25", "model": "-", "nDCG": 0.071, "ERR": 0.028, "RBP": 0.052},
+         {"method": "GCL", "model": "e5-large-v2", "nDCG": 0.431, "ERR": 0.4, "RBP": 0.347},
+         {"method": "E5", "model": "e5-large-v2", "nDCG": 0.335, "ERR": 0.095, "RBP": 0.289}],
+        {"nDCG": "NDCG@10", "ERR": "mERR", "RBP": "mRBP9"})
+    table = report.paper_table(pd.concat([report.results(tmp_path, ["gcl"]), published], ignore_index=True))
+    assert list(table.index) == ["gcl", "BM25 (published)", "GCL e5-large-v2 (published)", "E5 e5-large-v2 (published)"]
+    assert table.loc["BM25 (published)", ("in_domain", "ERR")] == 0.028
+    assert pd.isna(table.loc["BM25 (published)", ("zero_shot", "nDCG@10")])  # published: in-domain only
+    gains = report.relative_gains(published, "GCL e5-large-v2 (published)", "E5 e5-large-v2 (published)")
+    assert gains.loc["in_domain", "nDCG@10"] == pytest.approx(round(100 * (0.431 - 0.335) / 0.335, 1))
+    assert report.best_run(published) == "GCL e5-large-v2 (published)"
+    assert report.best_run(report.results(tmp_path, ["gcl"]), "zero_shot", "mERR") == "gcl"
+    with pytest.raises(ValueError, match="no run has results on split 'novel_query'"):
+        report.best_run(published, "novel_query")
+
+
 def test_expected_value_checks(tmp_path):
     _results(tmp_path, "gcl", [0.3, 0.15])
     long = report.results(tmp_path, ["gcl"])
@@ -64,4 +83,7 @@ def test_book_experiments_file_is_valid():
     spec = experiments.load(Path(__file__).parents[1] / "book" / "experiments.yaml")
     for name in spec["runs"]:
         experiments.run_config(spec, name, "runs")  # every run is a valid TrainConfig
-    assert {"main", "stw", "fields", "duplicates"} <= set(spec["tables"])
+    assert {"main", "stw", "fields", "duplicates", "text"} <= set(spec["tables"])
+    text = [experiments.run_config(spec, name, "runs") for name in spec["tables"]["text"]]
+    assert all(cfg.rhs_fields == "title=1" for cfg in text)  # the text-only table: query -> title
+    assert [cfg.model for cfg in text].count("bm25") == 1 and {cfg.stw for cfg in text} >= {"constant", "linear"}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gclcore import evaluate
-from gclcore.models import CheckpointError, load_encoder, minilm_path
+from gclcore.models import CheckpointError, PretrainedUnavailable, load_encoder, minilm_path
 
 
 def direct(model_dir, texts, pooling="mean", max_length=512):
@@ -31,6 +31,16 @@ def test_minilm_directory_equals_a_direct_forward():
     assert torch.allclose(encoder.encode_text(TEXTS), direct(minilm_path(), TEXTS, max_length=77), atol=1e-5)
     with pytest.raises(ValueError, match="text-only"):
         encoder.encode_image_files(["a.png"], None)
+
+
+def test_the_packaged_minilm_by_name():
+    """``hf:pkg:all-MiniLM-L6-v2`` is the wheel's MiniLM (the book's text runs name it so on any machine);
+    an unknown packaged name is refused, listing the packaged ones."""
+    encoder = load_encoder("hf:pkg:all-MiniLM-L6-v2", device="cpu")
+    assert encoder.name == "hf:pkg:all-MiniLM-L6-v2"
+    assert torch.allclose(encoder.encode_text(TEXTS), direct(minilm_path(), TEXTS, max_length=77), atol=1e-5)
+    with pytest.raises(PretrainedUnavailable, match="no such packaged text model; packaged: hf:pkg:all-MiniLM-L6-v2"):
+        load_encoder("hf:pkg:e5-large-v2", device="cpu")
 
 
 @pytest.fixture(scope="module")
