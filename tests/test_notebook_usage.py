@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill
 import pytest
 import yaml
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 TINY_BUDGET = {"epochs": 1, "max_steps": 2, "batch_size": 16, "eval_top_k": 50}
 MAIN_RUNS = ["zero-shot", "clip-baseline", "gcl-linear"]
+TEXT_RUNS = ["text-bm25", "text-zero-shot", "text-binary", "text-gcl-linear"]  # the text runs' own budget: 2 steps here
 
 
 @pytest.fixture
@@ -46,9 +48,9 @@ def tiny_experiments(tmp_path_factory) -> Path:
     book = experiments.load(REPO / "book" / "experiments.yaml")
     features = tmp_path_factory.mktemp("features")  # the shared tiny shop stays read-only
     spec = {"base": {**book["base"], **TINY_BUDGET, "feature_cache_dir": str(features)},
-            "runs": {name: book["runs"][name] for name in MAIN_RUNS},
+            "runs": {name: book["runs"][name] for name in MAIN_RUNS + TEXT_RUNS},
             "tables": {"main": MAIN_RUNS, "stw": ["clip-baseline", "gcl-linear"], "fields": ["gcl-linear"],
-                       "duplicates": ["gcl-linear"]}}
+                       "duplicates": ["gcl-linear"], "text": TEXT_RUNS}}
     path = tmp_path_factory.mktemp("experiments") / "experiments.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -56,9 +58,9 @@ def tiny_experiments(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory, tiny_shop, tiny_experiments) -> Path:
-    """The main runs on the tiny shop, trained the way the Makefile does (read-only: copy to change)."""
+    """The main and text runs on the tiny shop, trained the way the Makefile does (read-only: copy to change)."""
     out = tmp_path_factory.mktemp("runs")
-    code = experiments.main(["run", str(tiny_experiments), *MAIN_RUNS, "--out", str(out),
+    code = experiments.main(["run", str(tiny_experiments), *MAIN_RUNS, *TEXT_RUNS, "--out", str(out),
                              "--set", f"data_dir={tiny_shop}"])
     assert code == 0
     return out
@@ -186,6 +188,12 @@ def test_05_paper_tables(kernel_env, elsewhere, tmp_path, tiny_experiments, tiny
     text = outputs_text(nb)
     assert "is not in" not in text  # every run was there: nothing trained
     assert "nothing to check on this dataset" in text
+    assert "GCL e5-large-v2 (published)" in text and "text-gcl-linear vs text-binary" in text  # the text-only table
+    in_domain = {run: float(pd.read_csv(tiny_runs / run / "test" / "results.csv").set_index("name").loc["in_domain", "NDCG@10"])
+                 for run in ("clip-baseline", "gcl-linear")}
+    best = {"clip-baseline": "constant", "gcl-linear": "linear"}[max(in_domain, key=in_domain.get)]
+    verdict = "is" if best == "linear" else "is **not**"  # the text table's GCL run here is linear only
+    assert f"Best STW of the multi-modal ablation: `{best}`; it {verdict} among" in text
 
 
 @pytest.mark.slow
