@@ -75,13 +75,14 @@ def run_notebook(name: str, cwd: Path, out_dir: Path, **parameters) -> nbformat.
 
 
 def outputs_text(nb: nbformat.NotebookNode) -> str:
-    """Every stream, result and error text of an executed notebook, concatenated."""
+    """Every stream, result (plain, Markdown and HTML: a styled table has only HTML) and error text of an
+    executed notebook, concatenated."""
     parts = []
     for cell in nb.cells:
         for output in cell.get("outputs", []):
             data = output.get("data", {})
             parts += [output.get("text", ""), data.get("text/markdown", ""), data.get("text/plain", ""),
-                      output.get("evalue", "")]
+                      data.get("text/html", ""), output.get("evalue", "")]
     return "\n".join(parts)
 
 
