@@ -34,6 +34,7 @@ class TrainConfig:
     # model
     model: str = "default"
     pretrained: str = ""
+    hf_dir: str = ""                        # model = an open_clip config file (*.json): its Hugging Face text model's folder
     pooling: str = "mean"                   # hf:DIR text models: mean | cls
     query_prefix: str = ""                  # prepended to query texts in training and evaluation (E5: "query: ")
     document_prefix: str = ""               # ... to document texts (E5: "passage: ")
@@ -148,7 +149,7 @@ REGIME_DEFAULTS = {
 
 
 RESUME_MAY_CHANGE = frozenset({
-    "resume", "output_dir", "data_dir", "image_root", "feature_cache_dir", "device", "dist_backend",
+    "resume", "output_dir", "data_dir", "image_root", "hf_dir", "feature_cache_dir", "device", "dist_backend",
     "dist_timeout_min", "workers", "progress", "tensorboard", "log_every", "save_every", "save_every_minutes",
     "epoch_checkpoints", "eval_every", "test_splits", "epochs", "max_steps", "warmup_steps"})
 """Fields a resumed run may change (where things are, how it reports and saves, how long it runs: the

@@ -307,7 +307,8 @@ def _load_model(cfg: TrainConfig, device: torch.device, ctx: distributed.Context
     from gclcore.models import load_encoder
 
     encoder = load_encoder(cfg.model, cfg.pretrained, device=device, seed=None,  # initialised from cfg.seed
-                           pooling=cfg.pooling, query_prefix=cfg.query_prefix, document_prefix=cfg.document_prefix)
+                           pooling=cfg.pooling, query_prefix=cfg.query_prefix, document_prefix=cfg.document_prefix,
+                           hf_dir=cfg.hf_dir or None)
     if ctx.enabled:
         distributed.broadcast_parameters(encoder.model)
         torch.manual_seed(cfg.seed + ctx.rank)

@@ -402,6 +402,37 @@ def test_text_only_training_of_a_pretrained_sentence_encoder(tmp_path, tiny_shop
     assert again.metrics["NDCG@10"] == pytest.approx(ndcg.loc[24], abs=1e-4)
 
 
+@pytest.mark.slow
+def test_text_only_training_of_an_open_clip_hf_config(tmp_path, tiny_shop):
+    """The route of the published xlm-roberta-base-ViT-B-32 text rows: open_clip's own model config, its
+    Hugging Face text model from a local folder (``hf_dir``; here a tiny random XLM-RoBERTa), trained
+    text-only query -> title. The image tower is built but never run; the checkpoint reloads for evaluation."""
+    import open_clip
+    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
+
+    from gclcore.evaluate import evaluate_split
+    from gclcore.fusion import Field
+    from gclcore.models import minilm_path
+
+    xlmr = tmp_path / "tiny-xlm-roberta"
+    torch.manual_seed(0)
+    XLMRobertaModel(XLMRobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, pad_token_id=0)).save_pretrained(xlmr)
+    AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(xlmr)  # its pad id is 0, as configured above
+    config_file = Path(open_clip.__file__).parent / "model_configs" / "xlm-roberta-base-ViT-B-32.json"
+    cfg = config(tmp_path, tiny_shop, model=str(config_file), hf_dir=str(xlmr), pretrained="none",
+                 rhs_fields="title=1", lr=1e-4, batch_size=16, epochs=1, max_steps=2, log_every=1, save_every=-1)
+    result = trainer.train(cfg)
+    assert json.loads((Path(cfg.output_dir) / "config.json").read_text())["freeze"] == "none"
+    assert np.isfinite(result.history["loss"].dropna()).all()
+    reloaded = load_encoder(str(config_file), str(result.checkpoint), device="cpu", hf_dir=xlmr)
+    assert type(reloaded.model.text.transformer).__name__ == "XLMRobertaModel"
+    again = evaluate_split(reloaded, tiny_shop, cfg.eval_split, tmp_path / "again", rhs_fields=(Field("title"),),
+                           top_k=cfg.eval_top_k, query_set=cfg.eval_query_set, progress=False, cache_dir=False)
+    trained = result.evaluations.set_index("step")["eval/NDCG@10"]
+    assert again.metrics["NDCG@10"] == pytest.approx(trained.loc[2], abs=1e-4)
+
+
 def test_text_prefixes_reach_the_training_tokens(tiny_shop):
     from gclcore.fusion import Field
     from gclcore.models import minilm_path
