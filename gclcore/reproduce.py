@@ -108,7 +108,11 @@ def infer_architecture(path: str | os.PathLike) -> str:
     """The open_clip architecture a released checkpoint's file name names (``vitb32`` -> ``ViT-B-32``)."""
     name = Path(path).name.lower()
     if any(fragment in name for fragment in TEXT_ONLY_FRAGMENTS):
-        raise ValueError(f"{Path(path).name} is a text-only checkpoint; reproduce covers the multi-modal rows")
+        raise ValueError(f"{Path(path).name} is a text-only checkpoint; reproduce covers the multi-modal rows. "
+                         f"Evaluate it query -> title with its text model's open_clip config and a local copy of "
+                         f"that model: python -m gclcore.evaluate --model-config CONFIG.json --hf-dir DIR "
+                         f"--pretrained {path} --rhs-fields title=1 --data-dir DATA (CONFIG: e5-large-v2.json for "
+                         f"e5l, open_clip's xlm-roberta-base-ViT-B-32.json for robbxlm)")
     found = [arch for fragment, arch in ARCHITECTURES.items() if fragment in name.replace("-", "")]
     if len(found) != 1:
         raise ValueError(f"cannot tell the architecture of {Path(path).name} from its name (known: "
