@@ -93,6 +93,17 @@ class SaveClock:
         return distributed.mean_over_ranks(late, self.ctx, self.device) > 0
 
 
+def remove_partial_saves(output_dir: str | Path) -> list[Path]:
+    """Delete the temporary files a save killed mid-write left in the run folder (``.NAME.*.tmp`` of
+    :class:`~gclcore.data.atomic_write`, beside the files they were replacing); returns them. Call at the
+    start of a run, on rank 0, before anything writes there."""
+    out = Path(output_dir)
+    partial = [path for folder in (out, out / "checkpoints") if folder.is_dir() for path in folder.glob(".*.tmp")]
+    for path in partial:
+        path.unlink()
+    return partial
+
+
 def state_path(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints" / "state-latest.pt"
 

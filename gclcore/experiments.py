@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from gclcore.config import TrainConfig, parse_overrides
+from gclcore.interrupt import EXIT_INTERRUPTED, TrainingInterrupted
 
 
 def load(path: str | Path) -> dict:
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError, KeyError) as err:
             print(f"error in run {name!r}: {err}", file=sys.stderr)
             return 2
+        except TrainingInterrupted as stopped:
+            print(f"run {name!r} stopped: {stopped}", file=sys.stderr)
+            return EXIT_INTERRUPTED
         print(f"== {name}")
         if test is not None:
             print(test.to_string(index=False))

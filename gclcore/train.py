@@ -41,6 +41,7 @@ from gclcore.config import TrainConfig, parse_overrides
 from gclcore.data import Dataset, atomic_write, open_dataset
 from gclcore.evaluate import dev_subcorpus, evaluate, evaluate_split
 from gclcore.fusion import Field, Side, parse_fields
+from gclcore.interrupt import EXIT_INTERRUPTED, GracefulStop, TrainingInterrupted
 from gclcore.loss import GCLLoss, multi_field_loss
 from gclcore.optim import Precision, build_optimizer, cosine_schedule, set_lr
 from gclcore.runlog import RunLog, Throughput, split_history
@@ -262,37 +263,46 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     # the loop
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step",
                disable=not (cfg.progress and ctx.is_main))
-    throughput = Throughput()
-    while state.step < total_steps:
-        batches = distributed.shard(sampler(len(rows), batch_rows, cfg.seed, state.epoch), ctx)
-        for batch in towers.loader(batches[state.batch_in_epoch:], state.epoch):
-            set_lr(optimizer, lr_at(state.step))
-            loss = train_step(towers, objective, batch, optimizer, precision, params, accum_freq=cfg.accum_freq,
-                              grad_clip=cfg.grad_clip, world=ctx.world)
-            state.advance()
-            throughput.add(len(towers.indices(batch)) * ctx.world)
-            bar.update(1)
-            logged = state.step % cfg.log_every == 0 or state.step == total_steps
-            if logged:
-                row = _progress_row(state, loss, lr_at(state.step - 1), model, throughput, ctx, device)
-                log.append(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{row['samples_per_s']:.0f}")
-            if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
-                evaluation(state)
-            if (cfg.save_every > 0 and state.step % cfg.save_every == 0) or (logged and clock.due()):
-                save_state()
-            if on_step is not None:
-                on_step(state.step)
-            if state.step >= total_steps:
-                break
-        if state.batch_in_epoch == len(batches):  # the epoch is complete
-            state.next_epoch()
-            if cfg.epoch_checkpoints and ctx.is_main:
-                checkpoint.save_model(out / "checkpoints" / f"epoch_{state.epoch}.pt", model, state, cfg.model)
-            if cfg.save_every == 0:
-                save_state()
+    throughput, interrupted = Throughput(), False
+    with GracefulStop(ctx, device) as stop:  # SIGTERM / SIGINT: stop at the next step boundary, state saved
+        while state.step < total_steps and not interrupted:
+            batches = distributed.shard(sampler(len(rows), batch_rows, cfg.seed, state.epoch), ctx)
+            for batch in towers.loader(batches[state.batch_in_epoch:], state.epoch):
+                set_lr(optimizer, lr_at(state.step))
+                loss = train_step(towers, objective, batch, optimizer, precision, params, accum_freq=cfg.accum_freq,
+                                  grad_clip=cfg.grad_clip, world=ctx.world)
+                state.advance()
+                throughput.add(len(towers.indices(batch)) * ctx.world)
+                bar.update(1)
+                logged = state.step % cfg.log_every == 0 or state.step == total_steps
+                if logged:
+                    row = _progress_row(state, loss, lr_at(state.step - 1), model, throughput, ctx, device)
+                    log.append(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{row['samples_per_s']:.0f}")
+                if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
+                    evaluation(state)
+                if (cfg.save_every > 0 and state.step % cfg.save_every == 0) or (logged and clock.due()):
+                    save_state()
+                if on_step is not None:
+                    on_step(state.step)
+                interrupted = stop.requested()
+                if state.step >= total_steps or interrupted:
+                    break
+            if state.batch_in_epoch == len(batches):  # the epoch is complete
+                state.next_epoch()
+                if cfg.epoch_checkpoints and ctx.is_main:
+                    checkpoint.save_model(out / "checkpoints" / f"epoch_{state.epoch}.pt", model, state, cfg.model)
+                if cfg.save_every == 0:
+                    save_state()
+    interrupted = interrupted or stop.requested()  # a signal during the last step's epoch-end work
     bar.close()
     save_state()
+    if interrupted:
+        log.close()
+        distributed.stop(ctx)
+        raise TrainingInterrupted(f"{stop.signal_name or 'a signal on another rank'} at step {state.step} of "
+                                  f"{total_steps}: state saved to {checkpoint.state_path(out)}; run again with "
+                                  f"resume=latest to continue")
     if ctx.is_main:
         checkpoint.save_model(out / "model.pt", model, state, cfg.model)
     evaluation(state)
@@ -341,10 +351,14 @@ _REGIMES = {"trunks": "heads only (locked trunks)", "none": "full fine-tuning"}
 
 def _record_config(given: TrainConfig, cfg: TrainConfig, total_steps: int, out: Path,
                    ctx: distributed.Context) -> TrainConfig:
-    """The run folder, and one printed line (rank 0) naming the regime and its learning rate, and whether
-    that is the regime's default or was given; returns ``cfg``."""
+    """The run folder (cleared of partial files a killed save left), and one printed line (rank 0) naming
+    the regime and its learning rate, and whether that is the regime's default or was given; returns ``cfg``."""
     out.mkdir(parents=True, exist_ok=True)
     if ctx.is_main:
+        partial = checkpoint.remove_partial_saves(out)
+        if partial:
+            print(f"removed {len(partial)} partial file(s) of an interrupted save: "
+                  f"{', '.join(p.name for p in partial)}", flush=True)
         lr_from = "given" if given.lr > 0 else "default"
         warmup_from = "given" if given.warmup_steps >= 0 else "default"
         print(f"{cfg.model}: {_REGIMES[cfg.freeze]}, lr {cfg.lr:g} ({lr_from}), warm-up {cfg.warmup_steps} "
@@ -383,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stopped:
+        print(f"stopped: {stopped}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if distributed.from_environment().is_main:
         shown = [c for c in result.evaluations.columns if c in ("step", "epoch") or c.startswith("eval/corpus")
                  or c.removeprefix("eval/") in ("NDCG@10", "mERR", "mRBP9", "MAP@1000", "MRR@1000")]

@@ -138,6 +138,51 @@ def test_book_runs_save_once(tmp_path, tiny_shop):
     assert torch.load(result.output_dir / "checkpoints" / "state-latest.pt", weights_only=False)["step"] == result.steps
 
 
+def test_a_signal_stops_at_a_step_boundary_with_a_state_that_resumes_exactly(tmp_path, tiny_shop):
+    """SIGINT (Ctrl-C, a notebook's stop) mid-run: the step finishes, the state is saved, TrainingInterrupted
+    says how to continue, the handlers are given back; resume="latest" ends with the uninterrupted weights."""
+    from gclcore.interrupt import TrainingInterrupted
+
+    full = trainer.train(config(tmp_path / "a", tiny_shop, eval_split=""))
+    cfg = config(tmp_path / "b", tiny_shop, eval_split="", save_every=-1)  # no save but the signal's
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted, match="SIGINT at step 5 of 48: state saved to .*state-latest.pt; run "
+                                                  "again with resume=latest"):
+        trainer.train(cfg, on_step=lambda step: step == 5 and os.kill(os.getpid(), signal.SIGINT))
+    assert signal.getsignal(signal.SIGINT) is before
+    assert torch.load(tmp_path / "b" / "run" / "checkpoints" / "state-latest.pt", weights_only=False)["step"] == 5
+    assert not (tmp_path / "b" / "run" / "model.pt").exists()
+    resumed = trainer.train(cfg, resume="latest")
+    a, b = _final_weights(full.checkpoint), _final_weights(resumed.checkpoint)
+    assert resumed.steps == full.steps and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_to_the_command_saves_and_exits_75_and_partial_saves_are_cleared(tmp_path, tiny_shop):
+    """A preempted job (SIGTERM to ``python -m gclcore.train``): exit status 75 (EX_TEMPFAIL), a message on
+    stderr, a resumable state; the temporary file of a save killed mid-write is removed at the next start."""
+    cfg = dataclasses.asdict(config(tmp_path, tiny_shop, epochs=400, eval_split="", log_every=1, save_every=-1))
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    command = [sys.executable, "-m", "gclcore.train", "--config", str(tmp_path / "run.yaml")]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = Path(cfg["output_dir"]) / "log.jsonl"
+    while not (log.exists() and log.read_text().count("\n") >= 3) and job.poll() is None:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    stdout, stderr = job.communicate(timeout=120)
+    assert job.returncode == 75, stderr[-2000:]
+    assert "SIGTERM received: stopping after the current step" in stderr
+    assert "stopped: SIGTERM at step" in stderr and "resume=latest" in stderr
+    state = torch.load(Path(cfg["output_dir"]) / "checkpoints" / "state-latest.pt", weights_only=False)
+    assert 3 <= state["step"] < 400 * 8
+    partial = Path(cfg["output_dir"]) / "checkpoints" / ".state-latest.pt.abc123.tmp"  # as a SIGKILL mid-save leaves
+    partial.write_bytes(b"half a state")
+    done = subprocess.run(command + ["--set", "resume=latest", "--set", "max_steps=" + str(state["step"] + 2)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "removed 1 partial file(s) of an interrupted save: .state-latest.pt.abc123.tmp" in done.stdout
+    assert not partial.exists()
+
+
 def test_the_sampler_is_replaceable(tmp_path, tiny_shop):
     seen = []
 
