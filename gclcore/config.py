@@ -85,6 +85,28 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
 
+    def __post_init__(self):
+        problems = self.problems()
+        if problems:
+            raise ValueError("invalid config: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every value that can never work (ranges, choices, STW and field syntax), each as ``"key=value:
+        the rule"``; checked when a config is made, so a bad value fails before any model or data is loaded."""
+        from gclcore.fusion import parse_fields
+        from gclcore.weights import get_stw
+
+        found = [f"{key}={getattr(self, key)!r}: must be {rule}" for key, (ok, rule) in _VALUE_RULES.items()
+                 if not ok(getattr(self, key))]
+        found += [f"{key}={getattr(self, key)!r}: choose from {', '.join(choices)}"
+                  for key, choices in _CHOICES.items() if getattr(self, key) not in choices]
+        for key, check in (("stw", get_stw), ("lhs_fields", parse_fields), ("rhs_fields", parse_fields)):
+            try:
+                check(getattr(self, key))
+            except ValueError as err:
+                found.append(f"{key}={getattr(self, key)!r}: {err}")
+        return found
+
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
         """The fields of a YAML file, then ``overrides`` (both checked by :func:`coerce_overrides`)."""
@@ -124,6 +146,33 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         return cls(**coerce_overrides(values))
+
+
+def _at_least(low):
+    return (lambda value: value >= low), f">= {low}"
+
+
+_VALUE_RULES = {
+    "max_position": _at_least(0), "epochs": _at_least(0), "max_steps": _at_least(0), "batch_size": _at_least(1),
+    "accum_freq": _at_least(1), "lr": (lambda v: v >= 0, ">= 0 (0: the regime's default)"),
+    "weight_decay": _at_least(0), "warmup_steps": (lambda v: v >= -1, ">= -1 (-1: the regime's default)"),
+    "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"), "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eps": (lambda v: v > 0, "> 0"), "grad_clip": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "direction": (lambda v: 0 <= v <= 1, "in [0, 1]"), "seed": _at_least(0), "eval_every": _at_least(0),
+    "eval_top_q": _at_least(1), "eval_top_k": _at_least(1), "eval_corpus_size": _at_least(0),
+    "save_every": (lambda v: v >= -1, ">= -1 (0: each epoch, -1: at the end only)"),
+    "save_every_minutes": _at_least(0), "log_every": _at_least(1), "dist_timeout_min": _at_least(1),
+    "workers": (lambda v: v >= -1, ">= -1 (-1: one per spare core)"),
+}
+"""Ranges of the numeric fields: (check, the rule in words)."""
+
+_CHOICES = {
+    "freeze": ("auto", "trunks", "none"), "field_mode": ("fused", "pairs", "both"),
+    "weight_norm": ("none", "mean", "sum"), "duplicates": ("negatives", "mask", "positives"),
+    "precision": ("auto", "fp32", "bf16", "fp16"), "pooling": ("mean", "cls"),
+    "dist_backend": ("auto", "nccl", "gloo"), "eval_query_set": ("dev", "test", "sampled"),
+}
+"""The fields that take one of a fixed set of words."""
 
 
 @dataclass(frozen=True)

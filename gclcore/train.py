@@ -223,6 +223,9 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config or {}))
     cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
     sampler, ctx, out = sampler or epoch_batches, distributed.from_environment(), Path(cfg.output_dir)
+    # the inputs a run names are checked before anything is loaded (the config's values were, when it was made)
+    resume = checkpoint.resume_path(out, cfg.resume)
+    dataset = open_dataset(cfg.data_dir, cfg.image_root or None)
     device = distributed.start(ctx, cfg.dist_backend, cfg.dist_timeout_min) or torch.device(
         cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     _seed_everything(cfg)
@@ -231,7 +234,6 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     encoder = _load_model(cfg, device, ctx)
     model = encoder.model
     lhs, rhs = parse_fields(cfg.lhs_fields), parse_fields(cfg.rhs_fields)
-    dataset = open_dataset(cfg.data_dir, cfg.image_root or None)
     rows = training_rows(cfg, lhs + rhs, dataset)
     batch_rows = cfg.batch_size * cfg.accum_freq * ctx.world  # the global batch
     total_steps = _total_steps(cfg, len(sampler(len(rows), batch_rows, cfg.seed, 0)), len(rows), batch_rows)
@@ -246,7 +248,6 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     optimizer, params = build_optimizer(towers.trainable(), model.logit_scale, **cfg.optimizer_options())
     lr_at = cosine_schedule(cfg.lr, cfg.warmup_steps, total_steps)
     precision = Precision.choose(cfg.precision, device)
-    resume = checkpoint.resume_path(out, cfg.resume)
     state = checkpoint.load_state(resume, model, optimizer, precision.scaler, ctx, cfg) if resume else TrainState()
     _write_config(cfg, out, ctx)  # after the resume check: a refused state leaves the run's record as it was
     log = RunLog(out, state.history, write=ctx.is_main, tensorboard=cfg.tensorboard)

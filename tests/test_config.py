@@ -21,10 +21,44 @@ def test_overrides_are_typed_like_the_fields():
     ("lr=fast", "'lr' expects float"),
     ("bacth_size=64", "unknown config key"),
     ("batch_size", "expected KEY=VALUE"),
+    ("learn_logit_scale=ture", "'learn_logit_scale' expects bool, got 'ture'"),
+    ("epochs=ten", "'epochs' expects int, got 'ten'"),
 ])
 def test_bad_overrides_name_the_key_and_the_expected_type(item, message):
     with pytest.raises(ValueError, match=message):
         parse_overrides([item])
+
+
+@pytest.mark.parametrize("item, message", [
+    ("lr=-1", "lr=-1.0: must be >= 0"),
+    ("batch_size=0", "batch_size=0: must be >= 1"),
+    ("epochs=-2", "epochs=-2: must be >= 0"),
+    ("accum_freq=0", "accum_freq=0: must be >= 1"),
+    ("warmup_steps=-5", "warmup_steps=-5: must be >= -1"),
+    ("beta2=1", "beta2=1.0: must be in \\[0, 1\\)"),
+    ("direction=1.5", "direction=1.5: must be in \\[0, 1\\]"),
+    ("eps=0", "eps=0.0: must be > 0"),
+    ("log_every=0", "log_every=0: must be >= 1"),
+    ("eval_top_k=0", "eval_top_k=0: must be >= 1"),
+    ("save_every=-2", "save_every=-2: must be >= -1"),
+    ("freeze=heads", "freeze='heads': choose from auto, trunks, none"),
+    ("precision=fp8", "precision='fp8': choose from auto, fp32, bf16, fp16"),
+    ("duplicates=drop", "duplicates='drop': choose from negatives, mask, positives"),
+    ("stw=lin", "stw='lin': unknown STW 'lin'"),
+    ("stw=rank-exp:2", "stw='rank-exp:2': STW 'rank-exp:2': parameter out of range"),
+    ("rhs_fields=title=x", "rhs_fields='title=x': bad field weight"),
+    ("lhs_fields=", "lhs_fields='': need at least one field"),
+])
+def test_values_that_can_never_work_fail_when_the_config_is_made(item, message):
+    """Before any model or data is loaded: the trainer's first act is making its config."""
+    with pytest.raises(ValueError, match="invalid config: .*" + message):
+        TrainConfig.from_dict(parse_overrides([item]))
+
+
+def test_every_problem_is_named_at_once():
+    with pytest.raises(ValueError) as caught:
+        TrainConfig(lr=-1, batch_size=0, stw="nope")
+    assert all(f"{key}=" in str(caught.value) for key in ("lr", "batch_size", "stw"))
 
 
 def test_typed_values_from_yaml_and_papermill_are_checked_too():

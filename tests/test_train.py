@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from gclcore import train as trainer
+from gclcore.data import DataFormatError
 from gclcore.models import load_encoder
 from gclcore.optim import Precision
 from gclcore.towers import FullTowers, build_towers
@@ -181,6 +182,14 @@ def test_sigterm_to_the_command_saves_and_exits_75_and_partial_saves_are_cleared
     assert done.returncode == 0, done.stderr[-2000:]
     assert "removed 1 partial file(s) of an interrupted save: .state-latest.pt.abc123.tmp" in done.stdout
     assert not partial.exists()
+
+
+def test_missing_inputs_fail_before_the_model_is_loaded(tmp_path, tiny_shop, monkeypatch):
+    monkeypatch.setattr(trainer, "_load_model", lambda *a: pytest.fail("the model was loaded"))
+    with pytest.raises(FileNotFoundError, match="resume state .*nope.pt not found"):
+        trainer.train(config(tmp_path, tiny_shop, resume=str(tmp_path / "nope.pt")))
+    with pytest.raises(DataFormatError, match="no-such-shop: dataset folder not found"):
+        trainer.train(config(tmp_path, tiny_shop, data_dir=str(tmp_path / "no-such-shop")))
 
 
 def test_the_sampler_is_replaceable(tmp_path, tiny_shop):
