@@ -165,6 +165,33 @@ def test_image_load_statuses_are_counted_once_in_the_main_process(quirks, capsys
         strict.record_batch(stored[1:2], [data.ImageStatus.UNREADABLE])
 
 
+def test_an_image_over_the_decompression_bomb_limit_is_unreadable_not_fatal(tmp_path, monkeypatch):
+    """Pillow raises DecompressionBombError (not an OSError) past 2x MAX_IMAGE_PIXELS: counted as unreadable."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 = 4096 > 2 x 1000
+    resolver = data.ImageResolver(tmp_path, missing="placeholder", placeholder_size=4)
+    image, status = resolver.load("/MarqoData/big.png")
+    assert status == data.ImageStatus.UNREADABLE and image.size == (4, 4)
+    assert data.decode_image((tmp_path / "big.png").read_bytes())[1] == data.ImageStatus.UNREADABLE
+
+
+@pytest.mark.parametrize("dtype, name, values, expected", [
+    (np.uint16, "deep.png", [[0, 65535], [32768, 257]], [[0, 255], [128, 1]]),   # a 16-bit greyscale PNG (I;16)
+    (np.int32, "deep.tif", [[0, 65535], [1000, 30000]], [[0, 255], [4, 117]]),   # a 32-bit integer TIFF (I)
+])
+def test_16_bit_greyscale_is_scaled_not_clipped_to_white(tmp_path, dtype, name, values, expected):
+    from PIL import Image
+
+    Image.fromarray(np.array(values, dtype=dtype)).save(tmp_path / name)
+    with Image.open(tmp_path / name) as raw:
+        assert raw.mode.startswith("I") and np.asarray(raw.convert("RGB")).max() == 255  # Pillow alone clips
+    image, status = data.ImageResolver(tmp_path).load(name)
+    assert status == data.ImageStatus.OK and image.mode == "RGB"
+    assert np.asarray(image)[..., 0].tolist() == expected
+
+
 def test_the_split_rule_lives_in_one_place():
     assert data.split_halves("query_1_product_id_0") == (1, 0, "corpus_1.json")
     assert data.split_halves("zero_shot") == (1, 1, "corpus_2.json")

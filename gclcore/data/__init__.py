@@ -62,7 +62,15 @@ from gclcore.data.dataset import (
 )
 from gclcore.data.errors import DataFormatError, DataWarning, warn_once
 from gclcore.data.files import atomic_write, write_csv
-from gclcore.data.images import ImageResolver, ImageSource, ImageStatus, decode_image_bytes, image_basename, placeholder
+from gclcore.data.images import (
+    ImageResolver,
+    ImageSource,
+    ImageStatus,
+    decode_image,
+    decode_image_bytes,
+    image_basename,
+    placeholder,
+)
 from gclcore.data.json_files import EXPECTED_QRELS, Companion, describe_json, read_companion, read_corpus
 from gclcore.data.layout import (
                                  COMPANION_SUFFIXES,
@@ -93,7 +101,7 @@ __all__ = [
     "PANDAS_NA_STRINGS", "REQUIRED_COLUMNS", "SPLIT_CORPUS", "SPLIT_NAMES", "SPLIT_STEMS",
     "Companion", "CsvDataset", "CsvReadReport", "DataFormatError", "DataWarning", "Dataset", "FilesDataset", "Finding",
     "ImageResolver", "ImageSource", "ImageStatus", "ParquetDataset", "ParquetImages", "ParquetSplit",
-    "SplitFiles", "ValidationReport", "atomic_write", "canonical_stem", "decode_image_bytes", "describe_json",
+    "SplitFiles", "ValidationReport", "atomic_write", "canonical_stem", "decode_image", "decode_image_bytes", "describe_json",
     "detect_layout", "files_dataset", "image_basename", "image_ref", "main", "open_dataset", "parquet_split_files",
     "parse_image_ref", "placeholder", "read_companion", "read_corpus",
     "read_split_csv", "remap_corpus_images", "remap_csv_images", "remap_images", "split_files", "split_halves",

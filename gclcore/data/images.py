@@ -139,24 +139,47 @@ class ImageResolver(ImageSource):
 
         Counts nothing and never raises: safe in worker processes; pass the status to :meth:`record`.
         """
-        from PIL import Image, UnidentifiedImageError
+        if not (isinstance(stored_path, str) and stored_path):  # no stored path at all (NaN, None, "")
+            return placeholder(self.placeholder_size), ImageStatus.MISSING
+        image, status = decode_image(self.resolve(stored_path))
+        return (image, status) if image is not None else (placeholder(self.placeholder_size), status)
 
-        if isinstance(stored_path, str) and stored_path:
-            try:
-                with Image.open(self.resolve(stored_path)) as img:
-                    return img.convert("RGB"), ImageStatus.OK
-            except FileNotFoundError:
-                status = ImageStatus.MISSING
-            except (UnidentifiedImageError, OSError):
-                status = ImageStatus.UNREADABLE
-        else:  # no stored path at all (NaN, None, "")
-            status = ImageStatus.MISSING
-        return placeholder(self.placeholder_size), status
+
+def decode_image(source: str | os.PathLike | bytes):
+    """``(RGB image, OK)`` from a file or encoded bytes, else ``(None, MISSING)`` for an absent file and
+    ``(None, UNREADABLE)`` for anything that does not decode: a truncated or foreign file, or one over
+    Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, ~179 M pixels). Never raises for a
+    bad file, so one bad image cannot end a run: the caller counts the status (:meth:`ImageSource.record`)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            return to_rgb(img), ImageStatus.OK
+    except FileNotFoundError:
+        return None, ImageStatus.MISSING
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # PIL's decoders raise all of these
+        return None, ImageStatus.UNREADABLE
+
+
+def to_rgb(img):
+    """An RGB copy of a PIL image. 16- and 32-bit integer and float greyscale (``I;16``, ``I``, ``F``: 16-bit
+    PNGs and TIFFs) are scaled to 8 bits first (``convert("RGB")`` alone clips them: a 16-bit PNG would
+    come out white); integer images by their bit depth (16 bits unless a value exceeds 65535), float
+    images by their maximum."""
+    import numpy as np
+    from PIL import Image
+
+    if img.mode.startswith("I") or img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        top = (values.max() or 1.0) if img.mode == "F" else (65535.0 if values.max() <= 65535 else 2.0 ** 32 - 1)
+        img = Image.fromarray(np.clip(np.rint(values / top * 255), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
 
 
 def decode_image_bytes(data: bytes):
-    """Decode encoded image bytes (parquet ``image.bytes``) to an RGB PIL image."""
+    """Decode encoded image bytes (parquet ``image.bytes``) to an RGB PIL image; PIL's errors propagate
+    (:func:`decode_image` returns a status instead)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
-        return img.convert("RGB")
+        return to_rgb(img)

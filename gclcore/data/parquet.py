@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from gclcore.data.csv_reader import FLOAT_COLUMNS, ID_COLUMNS, INT_COLUMNS, to_text
 from gclcore.data.errors import DataFormatError
 from gclcore.data.files import atomic_write
-from gclcore.data.images import ImageResolver, ImageSource, ImageStatus, decode_image_bytes, placeholder
+from gclcore.data.images import ImageResolver, ImageSource, ImageStatus, decode_image, decode_image_bytes, placeholder
 from gclcore.data.layout import SPLIT_NAMES
 
 
@@ -188,10 +188,8 @@ class ParquetImages(ImageSource):
             data = self.split(name).image_bytes(row)
         except (ValueError, KeyError, IndexError):  # DataFormatError is a ValueError
             return placeholder(self.placeholder_size), ImageStatus.MISSING
-        try:
-            return decode_image_bytes(data), ImageStatus.OK
-        except OSError:  # PIL's UnidentifiedImageError is an OSError
-            return placeholder(self.placeholder_size), ImageStatus.UNREADABLE
+        image, status = decode_image(data)
+        return (image, status) if image is not None else (placeholder(self.placeholder_size), status)
 
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
