@@ -31,6 +31,7 @@ class TrainConfig:
     image_root: str = ""                    # "" -> <data_dir>/images when it exists
     train_split: str = "query_0_product_id_0"
     max_position: int = 0                   # keep rows with position <= this (0: all rows)
+    max_bad_images: float = 0.5             # stop when more than this fraction of images is missing/unreadable (1: never)
     # model
     model: str = "default"
     pretrained: str = ""
@@ -154,7 +155,8 @@ def _at_least(low):
 
 _VALUE_RULES = {
     "max_position": _at_least(0), "epochs": _at_least(0), "max_steps": _at_least(0), "batch_size": _at_least(1),
-    "accum_freq": _at_least(1), "lr": (lambda v: v >= 0, ">= 0 (0: the regime's default)"),
+    "accum_freq": _at_least(1), "max_bad_images": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "lr": (lambda v: v >= 0, ">= 0 (0: the regime's default)"),
     "weight_decay": _at_least(0), "warmup_steps": (lambda v: v >= -1, ">= -1 (-1: the regime's default)"),
     "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"), "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "eps": (lambda v: v > 0, "> 0"), "grad_clip": (lambda v: v >= 0, ">= 0 (0: off)"),

@@ -55,6 +55,7 @@ import torch
 
 from gclcore import metrics
 from gclcore.data import DataFormatError, Dataset, ImageResolver, atomic_write, open_dataset, warn_once
+from gclcore.data.images import DEFAULT_MAX_BAD
 from gclcore.fusion import Field, Side, format_fields, parse_fields
 from gclcore.models import PRECISIONS
 from gclcore.retrieval import exact_topk
@@ -214,7 +215,7 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
                    top_q: int = 2000, top_k: int = 1000, query_set: str = "sampled",
                    ks: tuple[int, ...] | None = None, cache_dir: str | os.PathLike | None | bool = None,
                    progress: bool = True, corpus_subset: np.ndarray | None = None,
-                   search_device: str | None = None) -> SplitResult:
+                   search_device: str | None = None, max_bad_images: float = DEFAULT_MAX_BAD) -> SplitResult:
     """Evaluate one split (a CSV stem or HF split name) and write the reference outputs to ``output_dir``.
 
     ``data`` is a dataset folder or a :class:`gclcore.data.Dataset`; ``image_root`` (with a folder) is
@@ -225,6 +226,8 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     ``search_device`` runs the exact retrieval there (default: CUDA when available). ``corpus_subset`` (row
     indices into the split's corpus, e.g. :func:`dev_subcorpus`) searches only those
     products, as if the corpus held just them: not the published protocol, a bounded in-training check.
+    Missing or unreadable images are embedded as grey placeholders, counted in ``output.json`` and warned
+    about; more than ``max_bad_images`` of them (a fraction) stops the evaluation with an error instead.
     """
     if top_k < 1 or (top_q < 1 and top_q != -1):
         raise ValueError(f"top_k must be >= 1 and top_q >= 1 (or -1: every query), not top_k={top_k}, top_q={top_q}")
@@ -241,7 +244,7 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     sampled = list(qrels)
     timings["qrels_s"] = time.perf_counter() - t0
 
-    resolver = _image_source(dataset, lhs_fields + rhs_fields)
+    resolver = _image_source(dataset, lhs_fields + rhs_fields, max_bad_images)
     cache = None if cache_dir is False else Path(cache_dir) if cache_dir is not None else out / "cache"
 
     checksum = encoder.checksum()
@@ -348,9 +351,9 @@ def dev_subcorpus(dataset: Dataset, split: str, size: int, *, seed: int = 0, **q
     return np.sort(np.concatenate([np.flatnonzero(judged), distractors]))
 
 
-def _image_source(dataset: Dataset, fields: tuple[Field, ...]):
+def _image_source(dataset: Dataset, fields: tuple[Field, ...], max_bad: float = DEFAULT_MAX_BAD):
     """The dataset's image source; with an image field but no images, an error before anything is encoded."""
-    resolver = dataset.image_resolver()
+    resolver = dataset.image_resolver(max_bad=max_bad)
     image_fields = [f.name for f in fields if f.is_image]
     if image_fields and resolver is None:
         raise ValueError(f"{', '.join(image_fields)} is an image field but {dataset.root} has no images: pass "
@@ -531,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     protocol.add_argument("--top-q", type=int, default=2000)
     protocol.add_argument("--top-k", type=int, default=1000)
     protocol.add_argument("--query-set", choices=("sampled", "dev", "test"), default="sampled")
+    protocol.add_argument("--max-bad-images", type=float, default=DEFAULT_MAX_BAD,
+                          help="stop when more than this fraction of images is missing or unreadable (1: never); "
+                               "below it they are embedded as grey placeholders, counted in output.json")
     protocol.add_argument("--output-dir", default="results")
     protocol.add_argument("--cache-dir", help="embedding cache (default: <output dir of the split>/cache)")
     published = parser.add_argument_group("the published script's other flags")
@@ -579,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                                    pooling=args.pooling, hf_dir=args.hf_dir)
         options = dict(lhs_fields=lhs, rhs_fields=rhs, weight_key=args.weight_key, top_q=args.top_q, top_k=args.top_k,
                        query_set=args.query_set, cache_dir=False if args.overwrite_feature else args.cache_dir,
+                       max_bad_images=args.max_bad_images,
                        search_device="cpu" if args.run_queries_cpu else None)
         if args.test_csv:
             [split] = dataset.resolve_splits("all")

@@ -57,7 +57,9 @@ class FeatureCache:
     """Trunk features of every text and image of a dataset.
 
     ``texts``: text -> row of ``text_features`` (T, 384); ``images``: image basename -> row of
-    ``image_features`` (I, 1280).
+    ``image_features`` (I, 1280) and of ``image_status`` (I,), each image's
+    :class:`~gclcore.data.ImageStatus` when its features were computed (a placeholder's are the grey
+    square's), which :class:`HeadEncoder` reports to the resolver of every evaluation that uses them.
     """
 
     texts: dict[str, int]
@@ -65,6 +67,7 @@ class FeatureCache:
     images: dict[str, int]
     image_features: torch.Tensor
     trunk_checksum: str
+    image_status: torch.Tensor
 
     def text_rows(self, texts: list[str]) -> torch.Tensor:
         try:
@@ -86,45 +89,73 @@ class FeatureCache:
         """Compute (or load from ``cache_dir``) trunk features for ``texts`` and ``image_paths``.
 
         ``encoder`` is a :class:`gclcore.models.Encoder` (its eval transform is used: no augmentation,
-        the trunks are frozen). The file name hashes the trunk weights and the sorted inputs.
+        the trunks are frozen). The file name hashes the trunk weights, the sorted inputs and the image
+        source; the file also holds each image's fingerprint (:meth:`~gclcore.data.ImageSource.fingerprints`:
+        size and modification time of an image file) and status, so that images changed, restored or lost
+        since are re-embedded on reuse (and said so), and the statuses of reused features are counted on
+        ``resolver`` as if decoded again (its warning and ``max_bad`` check apply to a cached run too).
         """
         from tqdm.auto import tqdm
-
-        from gclcore.loaders import iterate_images
 
         model = encoder.model
         check_splittable(model)
         texts = sorted(set(texts))
         names = sorted({image_basename(p) for p in image_paths})
+        if names and resolver is None:
+            raise ValueError("image features need an image root")
         trunk_sum = _digest(model.visual.trunk, model.text.transformer)
         key = _digest(trunk_sum, "\n".join(texts), "\n".join(names), resolver.identity if resolver else "")
         path = Path(cache_dir) / f"trunk-features-{key}.pt" if cache_dir is not None else None
         text_index, image_index = {t: i for i, t in enumerate(texts)}, {n: i for i, n in enumerate(names)}
-        if path is not None and path.exists():
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            return cls(text_index, saved["text"], image_index, saved["image"], trunk_sum)
-        model.eval()
-        device = encoder.device
-        text_parts = []
-        for start in tqdm(range(0, len(texts), batch_size), desc="text trunk features", disable=not progress):
-            tokens = encoder.tokenizer(texts[start:start + batch_size]).to(device)
-            text_parts.append(text_trunk(model, tokens).float().cpu())
-        image_parts = []
-        if names:
-            if resolver is None:
-                raise ValueError("image features need an image root")
-            batches = iterate_images(names, resolver, encoder.preprocess, batch_size, workers)
-            with torch.no_grad():
-                for pixels in tqdm(batches, desc="image trunk features", total=-(-len(names) // batch_size),
-                                   disable=not progress):
-                    image_parts.append(model.visual.trunk(pixels.to(device)).float().cpu())
-        text_features = torch.cat(text_parts) if text_parts else torch.empty(0, model.text.proj.in_features)
-        image_features = torch.cat(image_parts) if image_parts else torch.empty(0, 0)
+        stamps = torch.tensor(resolver.fingerprints(names) if names else [], dtype=torch.long).reshape(-1, 2)
+        saved = torch.load(path, map_location="cpu", weights_only=True) if path is not None and path.exists() else None
+        if saved is not None and "image_stamp" in saved:  # older files, without stamps, are rebuilt
+            text_features, image_features, status = saved["text"], saved["image"], saved["image_status"]
+            stale = (saved["image_stamp"] != stamps).any(dim=1)
+            if names:  # the reused features' statuses count as if their images were decoded again
+                resolver.record_batch([n for n, s in zip(names, stale.tolist()) if not s], status[~stale])
+                resolver.check_bad_fraction()
+            changed = stale.nonzero().flatten()
+            if len(changed) == 0:
+                return cls(text_index, text_features, image_index, image_features, trunk_sum, status)
+            print(f"feature cache {path.name}: {len(changed)} image(s) changed, restored or lost since it was built: "
+                  f"re-embedding them", flush=True)
+            features, new_status = _image_features(encoder, [names[i] for i in changed], resolver, batch_size,
+                                                   workers, progress)
+            image_features[changed], status[changed] = features, new_status
+        else:
+            model.eval()
+            text_parts = []
+            for start in tqdm(range(0, len(texts), batch_size), desc="text trunk features", disable=not progress):
+                tokens = encoder.tokenizer(texts[start:start + batch_size]).to(encoder.device)
+                text_parts.append(text_trunk(model, tokens).float().cpu())
+            text_features = torch.cat(text_parts) if text_parts else torch.empty(0, model.text.proj.in_features)
+            image_features, status = (_image_features(encoder, names, resolver, batch_size, workers, progress)
+                                      if names else (torch.empty(0, 0), torch.empty(0, dtype=torch.uint8)))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(path, binary=True) as fh:
-                torch.save({"text": text_features, "image": image_features}, fh)
-        return cls(text_index, text_features, image_index, image_features, trunk_sum)
+                torch.save({"text": text_features, "image": image_features, "image_status": status,
+                            "image_stamp": stamps}, fh)
+        return cls(text_index, text_features, image_index, image_features, trunk_sum, status)
+
+
+@torch.no_grad()
+def _image_features(encoder, names: list[str], resolver: ImageSource, batch_size: int, workers: int | None,
+                    progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image trunk features (n, 1280) of ``names`` and their load statuses (n,), counted on ``resolver``."""
+    from tqdm.auto import tqdm
+
+    from gclcore.loaders import image_batches
+
+    encoder.model.eval()
+    features, statuses = [], []
+    batches = image_batches(names, resolver, encoder.preprocess, batch_size, workers)
+    for pixels, status in tqdm(batches, desc="image trunk features", total=-(-len(names) // batch_size),
+                               disable=not progress):
+        features.append(encoder.model.visual.trunk(pixels.to(encoder.device)).float().cpu())
+        statuses.append(status.to(torch.uint8))
+    return torch.cat(features), torch.cat(statuses)
 
 
 class HeadEncoder:
@@ -152,7 +183,12 @@ class HeadEncoder:
 
     @torch.no_grad()
     def encode_image_files(self, stored_paths: list[str], resolver=None) -> torch.Tensor:
-        return self.embed_image_rows(self.cache.image_rows(stored_paths)).float().cpu()
+        """Embeddings from the cached features; each image's cached status is counted on ``resolver``, so an
+        evaluation reports the placeholders it used, as one that decodes its images does."""
+        rows = self.cache.image_rows(stored_paths)
+        if resolver is not None:
+            resolver.record_batch(stored_paths, self.cache.image_status[rows])
+        return self.embed_image_rows(rows).float().cpu()
 
     def checksum(self) -> str:
         return _digest(self.cache.trunk_checksum, *head_modules(self.model), self.model.logit_scale)

@@ -38,10 +38,11 @@ class ImageFiles(Dataset):
         return self.transform(image), int(status)
 
 
-def iterate_images(stored_paths: list[str], resolver: ImageSource, transform: Callable, batch_size: int = 128,
-                   workers: int | None = None) -> Iterator[torch.Tensor]:
-    """Batches of preprocessed images in order, decoded in ``workers`` processes; problems are counted on
-    ``resolver`` (and raise there if its policy is ``"error"``)."""
+def image_batches(stored_paths: list[str], resolver: ImageSource, transform: Callable, batch_size: int = 128,
+                  workers: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(pixels, statuses)`` batches of preprocessed images in order, decoded in ``workers`` processes;
+    every status is recorded on ``resolver`` first (counted; raising there per its policy), and checked
+    against its ``max_bad`` fraction at the end."""
     workers = default_workers() if workers is None else workers
     dataset = ImageFiles(stored_paths, resolver, transform)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers if len(dataset) > batch_size else 0,
@@ -50,4 +51,12 @@ def iterate_images(stored_paths: list[str], resolver: ImageSource, transform: Ca
     for pixels, status in loader:
         resolver.record_batch(stored_paths[start:start + len(status)], status)
         start += len(status)
+        yield pixels, status
+    resolver.check_bad_fraction()
+
+
+def iterate_images(stored_paths: list[str], resolver: ImageSource, transform: Callable, batch_size: int = 128,
+                   workers: int | None = None) -> Iterator[torch.Tensor]:
+    """The pixels of :func:`image_batches`."""
+    for pixels, _ in image_batches(stored_paths, resolver, transform, batch_size, workers):
         yield pixels

@@ -194,7 +194,8 @@ class DevEvaluation:
             result = evaluate_split(self.towers.eval_encoder, self.dataset, cfg.eval_split,
                                     Path(cfg.output_dir) / "eval" / f"step-{state.step:06d}", lhs_fields=self.lhs,
                                     rhs_fields=self.rhs, top_q=cfg.eval_top_q, top_k=cfg.eval_top_k, query_set=cfg.eval_query_set,
-                                    cache_dir=False, progress=False, corpus_subset=self.subset)
+                                    cache_dir=False, progress=False, corpus_subset=self.subset,
+                                    max_bad_images=cfg.max_bad_images)
             self.log.append({"step": state.step, "epoch": state.epoch, **self.sizes,
                              **{f"eval/{k}": v for k, v in result.metrics.items()}})
         distributed.barrier(self.ctx)
@@ -207,7 +208,7 @@ class DevEvaluation:
         self.towers.model.eval()
         return evaluate(self.towers.eval_encoder, self.dataset, Path(cfg.output_dir) / "test", cfg.test_splits,
                         lhs_fields=self.lhs, rhs_fields=self.rhs, top_q=cfg.eval_top_q, top_k=cfg.eval_top_k,
-                        cache_dir=False, progress=False)
+                        cache_dir=False, progress=False, max_bad_images=cfg.max_bad_images)
 
 
 def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, **overrides) -> TrainResult:
@@ -240,7 +241,8 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     cfg = _record_config(cfg, cfg.resolved(resolve_freeze(cfg.freeze, model), total_steps), total_steps, out, ctx)
     towers = distributed.main_first(ctx, lambda: build_towers(
         cfg.freeze, encoder, rows, lhs + rhs, dataset, cache_dir=cfg.feature_cache_dir, seed=cfg.seed,
-        workers=cfg.workers, progress=cfg.progress, prefixes=field_prefixes(encoder, lhs, rhs)))
+        workers=cfg.workers, progress=cfg.progress, prefixes=field_prefixes(encoder, lhs, rhs),
+        max_bad_images=cfg.max_bad_images))
     objective = PairObjective(rows, lhs, rhs, cfg, model, device,
                               gather=distributed.all_gather_with_grad if ctx.enabled else None)
 

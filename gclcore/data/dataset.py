@@ -33,7 +33,7 @@ import pandas as pd
 
 from gclcore.data.csv_reader import read_split_csv
 from gclcore.data.errors import DataFormatError, warn_once
-from gclcore.data.images import ImageResolver, ImageSource
+from gclcore.data.images import DEFAULT_MAX_BAD, ImageResolver, ImageSource
 from gclcore.data.json_files import EXPECTED_QRELS, Companion, read_companion, read_corpus
 from gclcore.data.layout import (
     COMPANION_SUFFIXES,
@@ -158,10 +158,11 @@ class Dataset:
             return None
         return found
 
-    def image_resolver(self, missing: str = "placeholder") -> ImageSource | None:
+    def image_resolver(self, missing: str = "placeholder", max_bad: float = DEFAULT_MAX_BAD) -> ImageSource | None:
         """A fresh image resolver (its counts are the caller's): ``load(ref) -> (image, status)``,
-        ``record``, ``warn_placeholders``; picklable. None when the dataset has no images."""
-        return ImageResolver(self.image_root, missing=missing) if self.image_root is not None else None
+        ``record``, ``warn_placeholders``; picklable. None when the dataset has no images. ``max_bad``:
+        see :class:`~gclcore.data.images.ImageSource`."""
+        return ImageResolver(self.image_root, missing=missing, max_bad=max_bad) if self.image_root is not None else None
 
     def digest(self, path: str | os.PathLike) -> str:
         """SHA-256 prefix of a file's bytes (for cache keys), computed once per version of the file."""
@@ -415,8 +416,9 @@ class ParquetDataset(Dataset):
         raise DataFormatError(self.root, f"the Hugging Face parquet layout ships no companion files "
                                          f"({self.split_id(split)}_{kind}.json)")
 
-    def image_resolver(self, missing: str = "placeholder") -> ParquetImages:
-        return ParquetImages(self.root, {SPLIT_NAMES[s]: files for s, files in self._shards.items()}, missing=missing)
+    def image_resolver(self, missing: str = "placeholder", max_bad: float = DEFAULT_MAX_BAD) -> ParquetImages:
+        return ParquetImages(self.root, {SPLIT_NAMES[s]: files for s, files in self._shards.items()}, missing=missing,
+                             max_bad=max_bad)
 
     def parquet_split(self, split: str) -> ParquetSplit:
         """The :class:`ParquetSplit` of a split present (its shards, row groups, image bytes)."""

@@ -37,6 +37,11 @@ class ImageStatus(enum.IntEnum):
 
 PLACEHOLDER_GREY = (128, 128, 128)
 
+DEFAULT_MAX_BAD = 0.5
+"""Default largest fraction of missing or unreadable images a run may go on with (``max_bad_images``)."""
+MIN_SEEN = 100
+"""Images seen before the fraction is checked on every record (fewer are checked at the end of a pass)."""
+
 
 def placeholder(size: int = 224):
     """The grey RGB image that stands in for a missing or unreadable one."""
@@ -53,14 +58,21 @@ class ImageSource:
     ``missing``: what :meth:`record` (and so :meth:`open`) does with an absent or undecodable image --
     ``"error"`` raises, ``"placeholder"`` keeps the grey :func:`placeholder`. Either way
     :attr:`missing_count` and :attr:`unreadable_count` count them, so nothing is skipped silently.
-    Resolvers are picklable (DataLoader workers get a copy; their counts stay with the main process's).
+    ``max_bad``: the largest fraction of the images seen that may be missing or unreadable; past it (once
+    :data:`MIN_SEEN` images were seen, or at :meth:`check_bad_fraction`) :meth:`record` raises: an image
+    root pointing at the wrong or an empty folder fails within the first batches instead of training on
+    grey squares. Resolvers are picklable (DataLoader workers get a copy; their counts stay with the main
+    process's).
     """
 
     root: Path
 
-    def __init__(self, missing: Literal["error", "placeholder"] = "error", placeholder_size: int = 224):
+    def __init__(self, missing: Literal["error", "placeholder"] = "error", placeholder_size: int = 224,
+                 max_bad: float = DEFAULT_MAX_BAD):
         self.missing = missing
         self.placeholder_size = placeholder_size
+        self.max_bad = max_bad
+        self.seen_count = 0
         self.missing_count = 0
         self.unreadable_count = 0
 
@@ -73,13 +85,20 @@ class ImageSource:
         """``(RGB image, status)``; the placeholder and MISSING / UNREADABLE on failure. Never raises."""
         raise NotImplementedError
 
+    def fingerprints(self, stored_paths: list[str]) -> list[tuple[int, int]]:
+        """Per image, what changes when its content may have: here ``(0, 0)``, the contents being covered
+        by :attr:`identity`; image files give ``(size, mtime_ns)`` (:class:`ImageResolver`)."""
+        return [(0, 0)] * len(stored_paths)
+
     def where(self, stored) -> str:
         """What an error about ``stored`` names (a file, or a file and row)."""
         raise NotImplementedError
 
     def record(self, stored_path, status: ImageStatus | int) -> None:
-        """Count a non-OK status from :meth:`load` and apply the policy (raise if ``missing="error"``)."""
+        """Count the status :meth:`load` gave and apply the policy: raise if ``missing="error"`` and the image
+        is bad, or if too many of the images seen so far are (``max_bad``)."""
         status = ImageStatus(int(status))
+        self.seen_count += 1
         if status is ImageStatus.OK:
             return
         if status is ImageStatus.MISSING:
@@ -90,12 +109,23 @@ class ImageSource:
             shown = stored_path if isinstance(stored_path, str) else ""
             raise DataFormatError(self.where(shown), f"image {status.name.lower()} (stored path {stored_path!r})",
                                   fix="check --image-root, or use missing='placeholder' to substitute and count")
+        if self.seen_count >= MIN_SEEN:
+            self.check_bad_fraction()
 
     def record_batch(self, stored_paths, statuses) -> None:
         """:meth:`record` for a batch: ``statuses`` (a tensor or sequence) aligned with ``stored_paths``."""
         for stored, status in zip(stored_paths, [int(s) for s in statuses]):
-            if status != ImageStatus.OK:
-                self.record(stored, status)
+            self.record(stored, status)
+
+    def check_bad_fraction(self) -> None:
+        """Raise DataFormatError if more than ``max_bad`` of the images seen were missing or unreadable."""
+        bad = self.missing_count + self.unreadable_count
+        if self.seen_count and bad > self.max_bad * self.seen_count:
+            raise DataFormatError(self.root, f"{bad:,} of {self.seen_count:,} images seen are missing "
+                                  f"({self.missing_count:,}) or unreadable ({self.unreadable_count:,}), more than "
+                                  f"the {self.max_bad:.0%} allowed (max_bad_images)",
+                                  fix="check the image root is the folder the image archive was unpacked to; "
+                                      "raise max_bad_images (1 = never stop) to go on with grey placeholders")
 
     def open(self, stored_path):
         """Decode the image as RGB; a missing or undecodable file is counted, then raises or gives the
@@ -119,8 +149,8 @@ class ImageResolver(ImageSource):
     """
 
     def __init__(self, image_root: str | os.PathLike, missing: Literal["error", "placeholder"] = "error",
-                 placeholder_size: int = 224):
-        super().__init__(missing, placeholder_size)
+                 placeholder_size: int = 224, max_bad: float = DEFAULT_MAX_BAD):
+        super().__init__(missing, placeholder_size, max_bad)
         self.root = Path(image_root)
         if not self.root.is_dir():
             raise DataFormatError(self.root, "image root is not a directory",
@@ -132,6 +162,17 @@ class ImageResolver(ImageSource):
 
     def where(self, stored) -> str:
         return str(self.resolve(stored))
+
+    def fingerprints(self, stored_paths: list[str]) -> list[tuple[int, int]]:
+        """``(size, mtime_ns)`` of each resolved file, ``(-1, -1)`` when absent (one ``stat`` per image)."""
+        stamps = []
+        for stored in stored_paths:
+            try:
+                info = os.stat(self.resolve(stored))
+                stamps.append((info.st_size, info.st_mtime_ns))
+            except OSError:
+                stamps.append((-1, -1))
+        return stamps
 
     def load(self, stored_path) -> tuple:
         """``(RGB image, status)``: the decoded image (by content, not extension) and OK, or the placeholder

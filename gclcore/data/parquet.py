@@ -24,7 +24,15 @@ import pyarrow.parquet as pq
 from gclcore.data.csv_reader import FLOAT_COLUMNS, ID_COLUMNS, INT_COLUMNS, to_text
 from gclcore.data.errors import DataFormatError
 from gclcore.data.files import atomic_write
-from gclcore.data.images import ImageResolver, ImageSource, ImageStatus, decode_image, decode_image_bytes, placeholder
+from gclcore.data.images import (
+    DEFAULT_MAX_BAD,
+    ImageResolver,
+    ImageSource,
+    ImageStatus,
+    decode_image,
+    decode_image_bytes,
+    placeholder,
+)
 from gclcore.data.layout import SPLIT_NAMES
 
 
@@ -148,8 +156,8 @@ class ParquetImages(ImageSource):
     """
 
     def __init__(self, root: str | os.PathLike, shards: dict[str, list[Path]],
-                 missing: str = "placeholder", placeholder_size: int = 224):
-        super().__init__(missing, placeholder_size)
+                 missing: str = "placeholder", placeholder_size: int = 224, max_bad: float = DEFAULT_MAX_BAD):
+        super().__init__(missing, placeholder_size, max_bad)
         self.root = Path(root)
         self.shards = {name: [Path(f) for f in files] for name, files in shards.items()}
         self._splits: dict[str, ParquetSplit] = {}

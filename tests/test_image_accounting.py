@@ -1,0 +1,94 @@
+"""Missing and unreadable images: counted the same way by training and evaluation, never trained on in
+silence, and a feature cache that follows the images on disk."""
+import shutil
+
+import pytest
+import torch
+
+from gclcore import data
+from gclcore import train as trainer
+from gclcore.data import DataFormatError, ImageStatus
+from gclcore.features import FeatureCache, HeadEncoder
+from gclcore.models import load_encoder
+
+
+@pytest.fixture
+def shop(tiny_shop, tmp_path):
+    """A writable copy of the tiny shop (its images may be deleted)."""
+    return shutil.copytree(tiny_shop, tmp_path / "shop")
+
+
+def test_the_bad_fraction_is_checked_after_enough_images_and_at_the_end(tmp_path):
+    resolver = data.ImageResolver(tmp_path, missing="placeholder", max_bad=0.5)
+    resolver.record_batch(["a.png"] * 60, [ImageStatus.MISSING] * 60)        # 60 of 60: too few seen to judge
+    resolver.record_batch(["b.png"] * 39, [ImageStatus.OK] * 39)             # 60 of 99
+    with pytest.raises(DataFormatError, match="61 of 100 images seen are missing \\(61\\) or unreadable \\(0\\), "
+                                              "more than the 50% allowed"):
+        resolver.record("a.png", ImageStatus.MISSING)                        # checked once 100 were seen
+    small = data.ImageResolver(tmp_path, missing="placeholder", max_bad=0.5)
+    small.record_batch(["a.png", "b.png", "c.png"], [ImageStatus.MISSING, ImageStatus.UNREADABLE, ImageStatus.OK])
+    with pytest.raises(DataFormatError, match="raise max_bad_images"):
+        small.check_bad_fraction()                                           # a pass's end judges any count
+    lenient = data.ImageResolver(tmp_path, missing="placeholder", max_bad=1.0)
+    lenient.record_batch(["a.png"] * 200, [ImageStatus.MISSING] * 200)
+    lenient.check_bad_fraction()
+    assert (lenient.seen_count, lenient.missing_count) == (200, 200)
+
+
+def test_training_with_an_empty_image_root_stops_before_training(shop, tmp_path):
+    empty = tmp_path / "empty-images"
+    empty.mkdir()
+    cfg = trainer.TrainConfig(data_dir=str(shop), image_root=str(empty), output_dir=str(tmp_path / "run"),
+                              batch_size=32, epochs=1, eval_split="", progress=False)
+    with pytest.raises(DataFormatError, match="empty-images: .* images seen are missing .* more than the 50% allowed"):
+        trainer.train(cfg)
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_a_few_missing_images_are_trained_on_as_counted_placeholders(shop, tmp_path, capsys):
+    referenced = data.open_dataset(shop).corpus("in_domain")["image_local"].map(data.image_basename)
+    for name in referenced[:5]:
+        (shop / "images" / name).unlink()
+    cfg = trainer.TrainConfig(data_dir=str(shop), output_dir=str(tmp_path / "run"), batch_size=32, max_steps=2,
+                              eval_split="", test_splits="in_domain", eval_top_k=50, progress=False,
+                              feature_cache_dir=str(tmp_path / "features"))
+    trainer.train(cfg)
+    assert f"5 missing and 0 unreadable images under {shop / 'images'} were cached as grey placeholders" in \
+        capsys.readouterr().err
+    output = (tmp_path / "run" / "test" / "query_0_product_id_0" / "output.json").read_text()
+    assert '"images_substituted": {"missing": ' in output and '"missing": 0,' not in output
+    trainer.train(cfg)  # the cache is reused: its placeholders are still counted and said
+    assert "5 missing and 0 unreadable images" in capsys.readouterr().err
+
+
+def test_the_feature_cache_re_embeds_images_restored_or_changed_since_it_was_built(shop, tmp_path, capsys):
+    from PIL import Image
+
+    encoder = load_encoder("default", device="cpu")
+    names = sorted(p.name for p in (shop / "images").iterdir())[:12]
+    kept = {name: (shop / "images" / name).read_bytes() for name in names[:2]}
+    for name in names[:2]:
+        (shop / "images" / name).unlink()
+
+    def build():
+        resolver = data.ImageResolver(shop / "images", missing="placeholder", max_bad=1.0)
+        return FeatureCache.build(encoder, [], names, resolver, tmp_path / "cache", progress=False), resolver
+
+    stale, resolver = build()
+    assert stale.image_status.tolist()[:3] == [ImageStatus.MISSING, ImageStatus.MISSING, ImageStatus.OK]
+    again, resolver = build()
+    assert "re-embedding" not in capsys.readouterr().out and resolver.missing_count == 2  # reused, still counted
+    for name, content in kept.items():
+        (shop / "images" / name).write_bytes(content)                     # the user restores the two images
+    Image.new("RGB", (40, 40), (250, 0, 0)).save(shop / "images" / names[5], format="PNG")  # and replaces one
+    restored, resolver = build()
+    assert "3 image(s) changed, restored or lost since it was built: re-embedding them" in capsys.readouterr().out
+    assert resolver.missing_count == 0 and restored.image_status.eq(ImageStatus.OK).all()
+    fresh = FeatureCache.build(encoder, [], names, data.ImageResolver(shop / "images"), None, progress=False)
+    assert torch.allclose(restored.image_features, fresh.image_features, atol=1e-5)
+    assert not torch.allclose(restored.image_features[5], stale.image_features[5], atol=1e-3)
+    assert torch.equal(restored.image_features[6:], stale.image_features[6:])  # the others were not recomputed
+    # evaluation through the cached features counts their statuses like a decoding encoder does
+    counted = data.ImageResolver(shop / "images", missing="placeholder")
+    HeadEncoder(encoder.model, stale, encoder.device).encode_image_files(names[:3], counted)
+    assert (counted.seen_count, counted.missing_count) == (3, 2)
