@@ -294,6 +294,14 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     judged_grade = np.fromiter((t[2] for t in triples), dtype=np.float64, count=len(triples))
     id_rank = np.empty(len(doc_ids), dtype=np.int64)
     id_rank[np.argsort(doc_ids, kind="stable")] = np.arange(len(doc_ids))
+    integrity = {"duplicate_pairs": _duplicate_pairs(frame, keys, dataset.source(split)),
+                 "judged_not_in_corpus": int((judged_doc < 0).sum())}
+    if integrity["judged_not_in_corpus"]:
+        warn_once(f"{dataset.source(split)}: {integrity['judged_not_in_corpus']:,} judged (query, product) pairs of "
+                  f"the {len(sampled):,} evaluated queries name products absent from the searched corpus "
+                  f"({dataset.corpus_label(split)}{', a sub-corpus' if corpus_subset is not None else ''}): they "
+                  f"count in the ideal ranking (nDCG's IDCG, recall) but can never be retrieved, as in the "
+                  f"reference evaluation")
     ranked = metrics.ranked_grades_from_topk(index, scores, judged_query, judged_doc, judged_grade, id_rank, sampled)
     ks = ks or metrics.published_ks(top_k)
     means = metrics.mean_metrics(ranked, ks)
@@ -303,6 +311,7 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     # the published output.json (its aggregation script reads every top-level entry as a dict of
     # metrics), with this evaluation's provenance as one more such dict
     provenance = {"split": split, "queries": len(sampled), "corpus": dataset.corpus_label(split), "ground_truth": truth,
+                  **integrity,
                   "corpus_size": len(corpus), "sub_corpus": corpus_subset is not None,
                   "images_substituted": {"missing": getattr(resolver, "missing_count", 0),
                                          "unreadable": getattr(resolver, "unreadable_count", 0)},
@@ -349,6 +358,25 @@ def dev_subcorpus(dataset: Dataset, split: str, size: int, *, seed: int = 0, **q
     distractors = np.random.default_rng(seed).choice(rest, size=min(len(rest), max(0, size - int(judged.sum()))),
                                                       replace=False)
     return np.sort(np.concatenate([np.flatnonzero(judged), distractors]))
+
+
+def _duplicate_pairs(frame: pd.DataFrame, keys: pd.Series, source) -> int:
+    """How many rows repeat an earlier row's (query, product) pair; one warning naming the first repeat.
+
+    Kept as the reference evaluation keeps them: every listing adds its grade to the query's sampling
+    weight, and the pair's qrels grade is the lowest of its listings (the qrels are built best grade first,
+    a later listing overwriting an earlier one)."""
+    pairs = pd.DataFrame({"key": keys.to_numpy(), "product_id": frame["product_id"].astype(str).to_numpy()})
+    repeated = pairs.duplicated(keep="first").to_numpy()
+    if repeated.any():
+        at = int(np.flatnonzero(repeated)[0])
+        first = int(np.flatnonzero((pairs["key"] == pairs["key"].iat[at]).to_numpy()
+                                   & (pairs["product_id"] == pairs["product_id"].iat[at]).to_numpy())[0])
+        warn_once(f"{source}: {int(repeated.sum()):,} rows repeat an earlier row's (query, product) pair (first: "
+                  f"data row {at + 1} repeats row {first + 1}, product {pairs['product_id'].iat[at]}); kept as the "
+                  f"reference evaluation keeps them: each pair takes the lowest of its grades and every row counts "
+                  f"in the query sampling weights")
+    return int(repeated.sum())
 
 
 def _image_source(dataset: Dataset, fields: tuple[Field, ...], max_bad: float = DEFAULT_MAX_BAD):

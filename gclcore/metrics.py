@@ -186,16 +186,26 @@ def per_query_arrays(g: RankedGrades, ks=PUBLISHED_KS, rbp_ps: dict[str, float] 
     return out
 
 
-def mean_metrics(g: RankedGrades, ks=PUBLISHED_KS, rounding: bool = True) -> dict[str, float]:
+MISSING_QUERY_RULES = ("skip", "zero")
+"""How trec_eval's measures average a qrels query that has no ranking in the run: ``skip`` leaves it out
+(trec_eval's default, pytrec_eval's, and the reference's), ``zero`` counts it as 0 (``trec_eval -c``)."""
+
+
+def mean_metrics(g: RankedGrades, ks=PUBLISHED_KS, rounding: bool = True, missing_queries: str = "skip") -> dict[str, float]:
     """Mean metrics with the reference's averaging and key names (``NDCG@10``, ``mERR``, ``mRBP7``, ...).
 
-    trec_eval measures average over queries that have a run; MRR, Accuracy, Hole, ERR and RBP over all
-    qrels queries. Sums run left to right in query order, as the reference's ``+=`` loops do (numpy's
-    pairwise sum can differ in the last bit, which flips a mean rounded to 5 decimals now and then).
+    trec_eval measures (NDCG, MAP, P, Recall) average over the queries that have a run
+    (``missing_queries="skip"``, the reference's rule) or over all qrels queries with 0 for the others
+    (``"zero"``, trec_eval ``-c``); MRR, Accuracy, Hole, ERR and RBP always over all qrels queries. Sums run
+    left to right in query order, as the reference's ``+=`` loops do (numpy's pairwise sum can differ in
+    the last bit, which flips a mean rounded to 5 decimals now and then).
     """
+    if missing_queries not in MISSING_QUERY_RULES:
+        raise ValueError(f"missing_queries={missing_queries!r}: choose from {', '.join(MISSING_QUERY_RULES)}")
     values = per_query_arrays(g, ks)
     out: dict[str, float] = {}
-    n_queries, trec_queries = max(len(g.query_ids), 1), max(int(g.in_run.sum()), 1)
+    counted = g.in_run if missing_queries == "skip" else np.ones_like(g.in_run)
+    n_queries, trec_queries = max(len(g.query_ids), 1), max(int(counted.sum()), 1)
     for name, array in values.items():
         if name == "ERR" or name.startswith("RBP"):
             out[f"m{name}"] = sum(array.tolist()) / n_queries if len(array) else 0.0
@@ -203,7 +213,7 @@ def mean_metrics(g: RankedGrades, ks=PUBLISHED_KS, rounding: bool = True) -> dic
         if name.startswith(("MRR", "Accuracy", "Hole")):
             mean = sum(array.tolist()) / n_queries
         else:
-            mean = sum(array[g.in_run].tolist()) / trec_queries
+            mean = sum(array[counted].tolist()) / trec_queries
         out[name] = round(mean, 5) if rounding else mean
     return out
 
@@ -213,9 +223,10 @@ def per_query_frame(g: RankedGrades, ks=PUBLISHED_KS) -> pd.DataFrame:
     return pd.DataFrame(per_query_arrays(g, ks), index=pd.Index(g.query_ids, name="query"))
 
 
-def evaluate_run(qrels: dict, run: dict, ks=PUBLISHED_KS, rounding: bool = True) -> dict[str, float]:
+def evaluate_run(qrels: dict, run: dict, ks=PUBLISHED_KS, rounding: bool = True,
+                 missing_queries: str = "skip") -> dict[str, float]:
     """Mean metrics of a trec-style run against trec-style qrels (see :func:`mean_metrics`)."""
-    return mean_metrics(ranked_grades(qrels, run), ks, rounding)
+    return mean_metrics(ranked_grades(qrels, run), ks, rounding, missing_queries)
 
 
 def summary_row(metrics: dict[str, float], ks=PUBLISHED_KS) -> dict[str, float]:
@@ -268,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", help="JSON {query_id: {doc_id: score}}")
     parser.add_argument("--k", type=parse_ks, default=PUBLISHED_KS, help="cutoffs, e.g. 1,5,10 (default: the published ones)")
     parser.add_argument("--no-rounding", action="store_true", help="do not round like BEIR (5 decimals)")
+    parser.add_argument("--missing-queries", choices=MISSING_QUERY_RULES, default="skip",
+                        help="a qrels query with no ranking in the run: skip it in NDCG/MAP/P/Recall (trec_eval's "
+                             "default and the reference's) or count it as 0 (trec_eval -c); MRR, ERR and RBP "
+                             "always count it as 0")
     args = parser.parse_args(argv)
     from gclcore.data import DataFormatError, read_companion
 
@@ -279,10 +294,21 @@ def main(argv: list[str] | None = None) -> int:
             run = json.load(fh)
         if not isinstance(run, dict) or not all(isinstance(v, dict) for v in run.values()):
             raise DataFormatError(args.run, "expected a run object {query_id: {doc_id: score}}")
+        if not any(run.get(qid) for qid in qrels.data):
+            raise DataFormatError(args.run, f"ranks no document for any of the {len(qrels.data):,} queries of "
+                                  f"{args.qrels}", fix="check the two files belong together (same query ids)")
     except (DataFormatError, json.JSONDecodeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(evaluate_run(qrels.data, run, args.k, rounding=not args.no_rounding), indent=1))
+    unranked, unjudged = len(set(qrels.data) - set(run)), len(set(run) - set(qrels.data))
+    if unranked:
+        rule = ("left out of NDCG/MAP/P/Recall" if args.missing_queries == "skip" else "counted as 0 everywhere")
+        print(f"note: {unranked:,} of {len(qrels.data):,} qrels queries are not in {args.run}: "
+              f"{rule}, 0 in MRR/ERR/RBP (--missing-queries)", file=sys.stderr)
+    if unjudged:
+        print(f"note: {unjudged:,} queries of {args.run} have no qrels and are ignored", file=sys.stderr)
+    print(json.dumps(evaluate_run(qrels.data, run, args.k, rounding=not args.no_rounding,
+                                  missing_queries=args.missing_queries), indent=1))
     return 0
 
 

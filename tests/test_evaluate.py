@@ -208,3 +208,51 @@ def test_a_missing_weight_column_is_an_error_and_binary_grades_are_asked_for(tin
     assert {g for judged in qrels.values() for g in judged.values()} == {1} and binary.metrics["mERR"] > 0
     with pytest.raises(ValueError, match="top_k must be >= 1"):
         evaluate.evaluate_split(HashEncoder(), tiny_shop, "novel_query", tmp_path / "c", **{**kwargs, "top_k": 0})
+
+
+def _shop_copy(tiny_shop, tmp_path):
+    import shutil
+
+    shop = tmp_path / "shop"
+    shutil.copytree(tiny_shop, shop, ignore=shutil.ignore_patterns("images"))
+    return shop
+
+
+def test_a_pair_listed_twice_is_counted_and_keeps_the_reference_grade(tiny_shop, tmp_path, recwarn):
+    """Reference parity, made visible: the repeat counts in the sampling weights and the pair keeps the
+    lowest of its grades; output.json and one warning say how many rows repeat a pair."""
+    shop = _shop_copy(tiny_shop, tmp_path)
+    csv = shop / "query_1_product_id_0.csv"
+    rows = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    repeat = rows.iloc[[0]].assign(score_linear="1", position="100")  # the top pair again, with the lowest score
+    pd.concat([rows, repeat]).to_csv(csv, index=False)
+    kwargs = dict(rhs_fields=(Field("title"),), top_q=-1, top_k=20, progress=False, cache_dir=False)
+    evaluate.evaluate_split(HashEncoder(), shop, "novel_query", tmp_path / "out", **kwargs)
+    output = json.loads((tmp_path / "out" / "output.json").read_text())["gclcore"]
+    assert output["duplicate_pairs"] == 1 and output["judged_not_in_corpus"] == 0
+    message = next(str(w.message) for w in recwarn.list if "repeat an earlier row" in str(w.message))
+    assert f"data row {len(rows) + 1} repeats row 1, product {rows['product_id'][0]}" in message
+    qrels = json.loads((tmp_path / "out" / "gt_results.json").read_text())
+    key = evaluate.query_keys(rows.iloc[[0]]).iloc[0]
+    assert qrels[key][rows["product_id"][0]] == 1                     # the lower grade of the two listings
+
+
+def test_judged_products_missing_from_the_corpus_are_counted_and_stay_in_the_ideal(tiny_shop, tmp_path, recwarn):
+    shop = _shop_copy(tiny_shop, tmp_path)
+    kwargs = dict(rhs_fields=(Field("title"),), top_q=-1, top_k=20, progress=False, cache_dir=False)
+    full = evaluate.evaluate_split(HashEncoder(), shop, "novel_query", tmp_path / "full", **kwargs)
+    qrels = json.loads((tmp_path / "full" / "gt_results.json").read_text())
+    gone = {pid for judged in qrels.values() for pid in list(judged)[:1]}  # each query's best product
+    corpus = json.loads((shop / "corpus_1.json").read_text())
+    (shop / "corpus_1.json").write_text(json.dumps({pid: p for pid, p in corpus.items() if pid not in gone}))
+    cut = evaluate.evaluate_split(HashEncoder(), shop, "novel_query", tmp_path / "cut", **kwargs)
+    output = json.loads((tmp_path / "cut" / "output.json").read_text())["gclcore"]
+    expected = sum(pid in gone for judged in qrels.values() for pid in judged)
+    assert output["judged_not_in_corpus"] == expected > 0
+    assert any(f"{expected} judged (query, product) pairs" in str(w.message) and "can never be retrieved"
+               in str(w.message) for w in recwarn.list)
+    run = json.loads((tmp_path / "cut" / "retrieval.json").read_text())
+    assert cut.metrics["NDCG@10"] == pytest.approx(metrics.evaluate_run(qrels, run)["NDCG@10"])  # IDCG keeps them
+    dropped = {q: {p: g for p, g in judged.items() if p not in gone} for q, judged in qrels.items()}
+    assert metrics.evaluate_run(dropped, run)["NDCG@10"] > cut.metrics["NDCG@10"] > 0  # not silently dropped
+    assert full.metrics["NDCG@10"] > 0

@@ -231,3 +231,36 @@ def test_means_are_summed_in_query_order_like_the_reference():
     for q in qrels:
         total += hole_literal(qrels, run[q], 12)
     assert metrics.evaluate_run(qrels, run, ks=(12,))["Hole@12"] == round(total / 16, 5) == 0.45313
+
+
+def test_a_query_missing_from_the_run_is_skipped_or_zero_as_trec_eval_is_told(tmp_path, capsys):
+    """The averaging rule is explicit: ``skip`` equals pytrec_eval (trec_eval's default) over the queries the
+    run has; ``zero`` equals its per-query values summed over all qrels queries (trec_eval -c)."""
+    qrels = {"a": {"d1": 1, "d2": 2}, "b": {"d3": 1}, "c": {"d1": 3}}
+    run = {"a": {"d1": 0.5, "d2": 0.9}, "b": {"d3": 0.1, "d1": 0.7}, "x": {"d1": 1.0}}  # c missing, x unjudged
+    trec = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "P.10"}).evaluate(run)
+    assert sorted(trec) == ["a", "b"]
+    skip = metrics.evaluate_run(qrels, run, rounding=False)
+    zero = metrics.evaluate_run(qrels, run, rounding=False, missing_queries="zero")
+    assert skip["NDCG@10"] == pytest.approx(sum(q["ndcg_cut_10"] for q in trec.values()) / 2)
+    assert zero["NDCG@10"] == pytest.approx(sum(q["ndcg_cut_10"] for q in trec.values()) / 3)
+    assert zero["P@10"] == pytest.approx(sum(q["P_10"] for q in trec.values()) / 3)
+    assert skip["MRR@10"] == zero["MRR@10"] == pytest.approx((1 + 0.5 + 0) / 3)  # always over qrels queries
+    with pytest.raises(ValueError, match="missing_queries='drop': choose from skip, zero"):
+        metrics.evaluate_run(qrels, run, missing_queries="drop")
+    # the command line says what it did with them
+    (tmp_path / "qrels.json").write_text(json.dumps(qrels))
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    assert metrics.main([str(tmp_path / "qrels.json"), str(tmp_path / "run.json"), "--missing-queries", "zero"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["NDCG@10"] == round(zero["NDCG@10"], 5)
+    assert "1 of 3 qrels queries are not in" in captured.err and "counted as 0 everywhere" in captured.err
+    assert "1 queries of" in captured.err and "have no qrels and are ignored" in captured.err
+
+
+@pytest.mark.parametrize("run", [{}, {"a": {}, "zz": {"d1": 1.0}}])
+def test_an_empty_run_is_an_error_not_zeros(tmp_path, capsys, run):
+    (tmp_path / "qrels.json").write_text(json.dumps({"a": {"d1": 1}}))
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    assert metrics.main([str(tmp_path / "qrels.json"), str(tmp_path / "run.json")]) == 2
+    assert "ranks no document for any of the 1 queries" in capsys.readouterr().err
