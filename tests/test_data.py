@@ -86,9 +86,37 @@ def test_not_a_csv(tmp_path):
     with pytest.raises(DataFormatError, match="file not found"):
         data.read_split_csv(tmp_path / "absent.csv")
     path = tmp_path / "latin1.csv"
-    path.write_bytes("query,product_id\ncaf\xe9,1\n".encode("latin-1"))
-    with pytest.raises(DataFormatError, match="UTF-8"):
+    path.write_bytes("query,product_id\ntea,0\n".encode() + "caf\xe9,1\n".encode("latin-1") * 3)
+    with pytest.raises(DataFormatError, match="(?s)latin1.csv, row at line 3: not UTF-8 text: invalid bytes in "
+                                              "'.*tea,0\\\\ncaf\ufffd,1.*fix: re-encode the file as UTF-8"):
         data.read_split_csv(path)
+    path.write_bytes("qu\xe9ry,product_id\n".encode("latin-1"))
+    with pytest.raises(DataFormatError, match="row the header: not UTF-8 text"):
+        data.read_split_csv(path)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(quirks, tmp_path):
+    path = tmp_path / SPLIT
+    path.write_bytes(b"\xef\xbb\xbf" + (quirks / SPLIT).read_bytes())
+    pd.testing.assert_frame_equal(data.read_split_csv(path), data.read_split_csv(quirks / SPLIT))
+
+
+def test_the_first_invalid_utf8_is_found_across_chunk_boundaries(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_bytes("a\nb\u00e9\u00e9\n".encode() * 5 + b"c\xff\n")  # 2-byte characters cut by 3-byte chunks
+    assert data.csv_reader.first_invalid_utf8(path, chunk_bytes=3)[0] == 11
+    path.write_bytes("a\nb\u00e9\u00e9\n".encode() * 5)
+    assert data.csv_reader.first_invalid_utf8(path, chunk_bytes=3) is None
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "1e999"])
+def test_an_infinite_score_is_an_error_naming_row_and_column(quirks, tmp_path, value):
+    rows = list(csv.reader(open(quirks / SPLIT, newline="", encoding="utf-8")))
+    rows[2][rows[0].index("score_reciprocal")] = value
+    with open(tmp_path / SPLIT, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
+    with pytest.raises(DataFormatError, match="row 2, column 'score_reciprocal': 1 value\\(s\\) are not finite"):
+        data.read_split_csv(tmp_path / SPLIT)
 
 
 def test_corpus_key_order_and_missing_titles(quirks):

@@ -110,6 +110,11 @@ def read_split_csv(path: str | os.PathLike, *, columns: Iterable[str] | None = N
             report.malformed_rows.clear()
             table = read(numeric_as_text=True)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as err:
+        bad_text = first_invalid_utf8(path) if "UTF8" in str(err) or isinstance(err, UnicodeDecodeError) else None
+        if bad_text is not None:
+            line, excerpt = bad_text
+            raise DataFormatError(path, f"not UTF-8 text: invalid bytes in {excerpt!r}", row=f"at line {line}",
+                                  fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from err
         if on_malformed == "error" and report.malformed_rows:
             line, excerpt, expected, actual = report.malformed_rows[-1]
             raise DataFormatError(path, f"expected {expected} fields, found {actual}: {excerpt!r}",
@@ -134,16 +139,40 @@ def to_text(column: pa.ChunkedArray | pa.Array) -> pd.Series:
 
 
 def csv_header(path: Path) -> list[str]:
+    """The header row's column names; a UTF-8 byte-order mark is not part of the first name."""
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            header = next(csv.reader(fh), None)
+        with open(path, "rb") as fh:
+            first = fh.readline()
     except FileNotFoundError as err:
         raise DataFormatError(path, "file not found") from err
+    try:
+        header = next(csv.reader([first.decode("utf-8-sig")]), None)
     except UnicodeDecodeError as err:
-        raise DataFormatError(path, f"not UTF-8 text ({err})", row=0) from err
+        raise DataFormatError(path, f"not UTF-8 text ({err})", row="the header",
+                              fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from err
     if not header:
         raise DataFormatError(path, "empty file: no header row")
     return header
+
+
+def first_invalid_utf8(path: Path, chunk_bytes: int = 1 << 20) -> tuple[int, str] | None:
+    """``(line number, the bytes around it as text)`` of the first byte sequence that is not UTF-8, or None."""
+    line, tail = 1, b""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            data = tail + chunk
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                if err.reason != "unexpected end of data" or err.end < len(data):
+                    line += data.count(b"\n", 0, err.start)
+                    return line, data[max(0, err.start - 30):err.end + 30].decode("utf-8", "replace")
+                line += data.count(b"\n", 0, err.start)  # a character cut by the chunk: finish it next time
+                tail = data[err.start:]
+                continue
+            line += data.count(b"\n")
+            tail = b""
+    return None
 
 
 def _to_number(path: Path, name: str, column: pa.ChunkedArray, *, integer: bool) -> pd.Series:
@@ -151,10 +180,10 @@ def _to_number(path: Path, name: str, column: pa.ChunkedArray, *, integer: bool)
         first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
         raise DataFormatError(path, f"{column.null_count} missing value(s)", row=first + 1, column=name)
     if not pa.types.is_string(column.type):
-        return pd.Series(column.to_numpy())
+        return _finite(path, name, pd.Series(column.to_numpy()))
     trimmed = pc.utf8_trim_whitespace(column)
     try:
-        return pd.Series(trimmed.cast(pa.int64() if integer else pa.float64()).to_numpy())
+        return _finite(path, name, pd.Series(trimmed.cast(pa.int64() if integer else pa.float64()).to_numpy()))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
     values = pd.Series(trimmed.to_pandas(), dtype=object)
@@ -163,7 +192,19 @@ def _to_number(path: Path, name: str, column: pa.ChunkedArray, *, integer: bool)
     if integer:
         bad |= parsed != np.round(np.nan_to_num(parsed))
     if not bad.any():  # e.g. "100.0" in an integer column
-        return pd.Series(parsed.astype(np.int64) if integer else parsed)
+        return _finite(path, name, pd.Series(parsed.astype(np.int64) if integer else parsed))
     first = int(np.flatnonzero(bad)[0])
     raise DataFormatError(path, f"{int(bad.sum())} value(s) are not {'integers' if integer else 'numbers'}; "
                                 f"first: {values.iloc[first]!r}", row=first + 1, column=name)
+
+
+def _finite(path: Path, name: str, values: pd.Series) -> pd.Series:
+    """``values``, unless a score is infinite (``inf`` parses as a float): it would turn every grade of
+    the split into NaN, so it is an error naming the row."""
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values.to_numpy())
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise DataFormatError(path, f"{int(bad.sum())} value(s) are not finite; first: {float(values.iloc[first])}",
+                                  row=first + 1, column=name, fix="scores must be finite numbers")
+    return values
