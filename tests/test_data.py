@@ -86,7 +86,7 @@ def test_not_a_csv(tmp_path):
     with pytest.raises(DataFormatError, match="file not found"):
         data.read_split_csv(tmp_path / "absent.csv")
     path = tmp_path / "latin1.csv"
-    path.write_bytes("query,product_id\ntea,0\n".encode() + "caf\xe9,1\n".encode("latin-1") * 3)
+    path.write_bytes(b"query,product_id\ntea,0\n" + "caf\xe9,1\n".encode("latin-1") * 3)
     with pytest.raises(DataFormatError, match="(?s)latin1.csv, row at line 3: not UTF-8 text: invalid bytes in "
                                               "'.*tea,0\\\\ncaf\ufffd,1.*fix: re-encode the file as UTF-8"):
         data.read_split_csv(path)
