@@ -60,6 +60,7 @@ class TrainConfig:
     beta2: float = 0.98                     # (Marqtune for ViT)
     eps: float = 1e-6                       # (Marqtune for ViT)
     grad_clip: float = 1.0                  # 0: off
+    max_bad_steps: int = 10                 # non-finite loss/gradient: the step is skipped; more in a row stop the run
     learn_logit_scale: bool = True
     precision: str = "auto"                 # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     seed: int = 0
@@ -159,7 +160,7 @@ _VALUE_RULES = {
     "lr": (lambda v: v >= 0, ">= 0 (0: the regime's default)"),
     "weight_decay": _at_least(0), "warmup_steps": (lambda v: v >= -1, ">= -1 (-1: the regime's default)"),
     "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"), "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "eps": (lambda v: v > 0, "> 0"), "grad_clip": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "eps": (lambda v: v > 0, "> 0"), "max_bad_steps": _at_least(0), "grad_clip": (lambda v: v >= 0, ">= 0 (0: off)"),
     "direction": (lambda v: 0 <= v <= 1, "in [0, 1]"), "seed": _at_least(0), "eval_every": _at_least(0),
     "eval_top_q": _at_least(1), "eval_top_k": _at_least(1), "eval_corpus_size": _at_least(0),
     "save_every": (lambda v: v >= -1, ">= -1 (0: each epoch, -1: at the end only)"),
@@ -202,7 +203,8 @@ REGIME_DEFAULTS = {
 RESUME_MAY_CHANGE = frozenset({
     "resume", "output_dir", "data_dir", "image_root", "hf_dir", "feature_cache_dir", "device", "dist_backend",
     "dist_timeout_min", "workers", "progress", "tensorboard", "log_every", "save_every", "save_every_minutes",
-    "epoch_checkpoints", "eval_every", "test_splits", "epochs", "max_steps", "warmup_steps"})
+    "epoch_checkpoints", "eval_every", "test_splits", "epochs", "max_steps", "warmup_steps", "max_bad_images",
+    "max_bad_steps"})
 """Fields a resumed run may change (where things are, how it reports and saves, how long it runs: the
 default full fine-tuning warm-up follows the run's length); any other difference means another run, and
 resuming refuses it (:meth:`TrainConfig.resume_conflicts`)."""

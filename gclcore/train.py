@@ -117,8 +117,11 @@ class PairObjective:
 
 def train_step(towers: Towers, objective: PairObjective, batch, optimizer: torch.optim.Optimizer,
                precision: Precision, params: list[torch.nn.Parameter], *, accum_freq: int = 1,
-               grad_clip: float = 0.0, world: int = 1) -> torch.Tensor:
-    """One optimiser step on one batch; returns the (last micro-batch's) loss.
+               grad_clip: float = 0.0, world: int = 1) -> tuple[torch.Tensor, bool]:
+    """One optimiser step on one batch; returns the (last micro-batch's) loss and whether the step was
+    taken: a non-finite loss or gradient norm skips the update (the gradients are dropped), so one bad batch
+    cannot turn the weights into NaN. Under torchrun the ranks decide on the averaged gradients, which are
+    equal everywhere; with fp16 the gradient scaler skips overflowing steps itself (and lowers its scale).
 
     With ``accum_freq > 1`` the batch is cut into micro-batches (GradCache-style): all are embedded once
     without gradients, then each is embedded again with gradients and its loss is taken against the
@@ -145,15 +148,17 @@ def train_step(towers: Towers, objective: PairObjective, batch, optimizer: torch
                 precision.scaler.scale(loss).backward()
     if world > 1:
         distributed.average_gradients(params, world)
-    if grad_clip:
-        precision.scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    precision.scaler.step(optimizer)
-    precision.scaler.update()
+    precision.scaler.unscale_(optimizer)
+    norm = (torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip
+            else torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+    finite = precision.scaler.is_enabled() or (bool(torch.isfinite(norm)) and (world > 1 or bool(torch.isfinite(loss))))
+    if finite:
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
     optimizer.zero_grad(set_to_none=True)
     with torch.no_grad():
         towers.model.logit_scale.clamp_(0, math.log(100))
-    return loss.detach()
+    return loss.detach(), finite
 
 
 class DevEvaluation:
@@ -266,15 +271,24 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     # the loop
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step",
                disable=not (cfg.progress and ctx.is_main))
-    throughput, interrupted = Throughput(), False
+    throughput, interrupted, bad_steps = Throughput(), False, 0
     with GracefulStop(ctx, device) as stop:  # SIGTERM / SIGINT: stop at the next step boundary, state saved
         while state.step < total_steps and not interrupted:
             batches = distributed.shard(sampler(len(rows), batch_rows, cfg.seed, state.epoch), ctx)
             for batch in towers.loader(batches[state.batch_in_epoch:], state.epoch):
                 set_lr(optimizer, lr_at(state.step))
-                loss = train_step(towers, objective, batch, optimizer, precision, params, accum_freq=cfg.accum_freq,
-                                  grad_clip=cfg.grad_clip, world=ctx.world)
+                loss, finite = train_step(towers, objective, batch, optimizer, precision, params,
+                                          accum_freq=cfg.accum_freq, grad_clip=cfg.grad_clip, world=ctx.world)
                 state.advance()
+                bad_steps = 0 if finite else bad_steps + 1
+                if not finite:  # skipped: logged with the batch's pairs; too many in a row end the run
+                    log.append(_skipped_step_row(state, rows, towers.indices(batch)))
+                    if bad_steps > cfg.max_bad_steps:
+                        save_state()
+                        raise NonFiniteTraining(
+                            f"{bad_steps} steps in a row (to step {state.step}) had a non-finite loss or gradient "
+                            f"and were skipped (max_bad_steps={cfg.max_bad_steps}); their pairs are in "
+                            f"{out / 'log.jsonl'}. Lower lr, check the scores of those pairs, or use fp32")
                 throughput.add(len(towers.indices(batch)) * ctx.world)
                 bar.update(1)
                 logged = state.step % cfg.log_every == 0 or state.step == total_steps
@@ -326,6 +340,17 @@ def _load_model(cfg: TrainConfig, device: torch.device, ctx: distributed.Context
         distributed.broadcast_parameters(encoder.model)
         torch.manual_seed(cfg.seed + ctx.rank)
     return encoder
+
+
+class NonFiniteTraining(ValueError):
+    """More than ``max_bad_steps`` consecutive steps had a non-finite loss or gradient."""
+
+
+def _skipped_step_row(state: TrainState, rows: pd.DataFrame, index: np.ndarray) -> dict:
+    """The log row of a skipped step: its batch as ``pair_id``s (training-row positions without that column)."""
+    ids = rows["pair_id"].to_numpy()[index] if "pair_id" in rows.columns else index
+    return {"step": state.step, "epoch": state.epoch, "skipped": "non-finite loss or gradient",
+            "pairs": [str(i) for i in ids.tolist()]}
 
 
 def _progress_row(state: TrainState, loss: torch.Tensor, lr: float, model, throughput: Throughput,

@@ -192,6 +192,48 @@ def test_missing_inputs_fail_before_the_model_is_loaded(tmp_path, tiny_shop, mon
         trainer.train(config(tmp_path, tiny_shop, data_dir=str(tmp_path / "no-such-shop")))
 
 
+def _poisoned_objective(monkeypatch, bad_calls):
+    """The loss is NaN on the objective calls numbered in ``bad_calls`` (1-based), as a diverging batch gives."""
+    original, calls = trainer.PairObjective.__call__, []
+
+    def poisoned(self, embedded, index, logit_scale_grad=True):
+        calls.append(list(index))
+        loss = original(self, embedded, index, logit_scale_grad)
+        return loss * float("nan") if len(calls) in bad_calls else loss
+
+    monkeypatch.setattr(trainer.PairObjective, "__call__", poisoned)
+    return calls
+
+
+def test_a_non_finite_loss_skips_the_step_and_logs_its_pairs(tmp_path, tiny_shop, monkeypatch):
+    calls = _poisoned_objective(monkeypatch, {3, 4})
+    loaded, load = [], trainer._load_model
+    monkeypatch.setattr(trainer, "_load_model", lambda *args: loaded.append(load(*args)) or loaded[-1])
+    snapshots = {}
+    cfg = config(tmp_path, tiny_shop, epochs=1, eval_split="", log_every=1)
+    result = trainer.train(cfg, on_step=lambda step: snapshots.__setitem__(step, {
+        k: v.clone() for k, v in loaded[0].model.state_dict().items()}))
+    assert all(torch.equal(snapshots[2][k], snapshots[4][k]) for k in snapshots[2])    # steps 3, 4: no update
+    assert not all(torch.equal(snapshots[4][k], snapshots[5][k]) for k in snapshots[4])  # step 5 trains again
+    log = [json.loads(line) for line in (result.output_dir / "log.jsonl").read_text().splitlines()]
+    skipped = [row for row in log if "skipped" in row]
+    rows = trainer.training_rows(cfg, ())
+    assert [row["step"] for row in skipped] == [3, 4]
+    assert skipped[0]["pairs"] == rows["pair_id"].to_numpy()[calls[2]].tolist()
+    weights = _final_weights(result.checkpoint)
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_too_many_non_finite_steps_in_a_row_stop_the_run_with_its_state_saved(tmp_path, tiny_shop, monkeypatch):
+    _poisoned_objective(monkeypatch, set(range(3, 100)))
+    cfg = config(tmp_path, tiny_shop, epochs=1, eval_split="", max_bad_steps=2)
+    with pytest.raises(trainer.NonFiniteTraining, match="3 steps in a row \\(to step 5\\) had a non-finite loss .*"
+                                                        "max_bad_steps=2.*Lower lr"):
+        trainer.train(cfg)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "state-latest.pt", weights_only=False)
+    assert state["step"] == 5 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
 def test_the_sampler_is_replaceable(tmp_path, tiny_shop):
     seen = []
 
@@ -284,9 +326,10 @@ def test_train_step_accumulation_equals_the_full_batch_step(tmp_path, tiny_shop)
         params = towers.trainable() + [encoder.model.logit_scale]
         optimizer = torch.optim.SGD(params, lr=0.5)  # updates linear in the gradients: they must agree
         before = {k: v.clone() for k, v in encoder.model.state_dict().items()}
-        loss = trainer.train_step(towers, objective, batch, optimizer, Precision.choose("fp32", torch.device("cpu")),
-                                  params, accum_freq=accum_freq, grad_clip=1.0)
-        assert torch.isfinite(loss)
+        loss, taken = trainer.train_step(towers, objective, batch, optimizer,
+                                         Precision.choose("fp32", torch.device("cpu")), params, accum_freq=accum_freq,
+                                         grad_clip=1.0)
+        assert torch.isfinite(loss) and taken
         after = encoder.model.state_dict()
         changed = [k for k in after if not torch.equal(after[k], before[k])]
         assert changed and all("proj" in k or "head" in k or k == "logit_scale" for k in changed)  # trunks frozen
