@@ -55,7 +55,7 @@ import torch
 
 from gclcore import metrics
 from gclcore.data import DataFormatError, Dataset, ImageResolver, atomic_write, open_dataset, warn_once
-from gclcore.data.images import DEFAULT_MAX_BAD
+from gclcore.data.images import DEFAULT_MAX_BAD, ImageStatus
 from gclcore.fusion import Field, Side, format_fields, parse_fields
 from gclcore.models import PRECISIONS
 from gclcore.retrieval import exact_topk
@@ -142,8 +142,12 @@ def embed_items(encoder: TextImageEncoder, table: pd.DataFrame, fields: tuple[Fi
     E5's ``query: `` / ``passage: ``), missing ones included, as the model was trained to see them.
 
     ``cached(field_name, compute)`` may memoise one field's (unfused) embeddings, so configurations that
-    share a field (image only; image 0.9 + title 0.1) embed it once.
+    share a field (image only; image 0.9 + title 0.1) embed it once. An image field's name then carries a
+    digest of its images' fingerprints (size and modification time of each file), so images restored or
+    replaced since are embedded again; embeddings reused from the cache count the image files still absent
+    on ``resolver``, as embedding them would (unreadable ones are counted when they are embedded).
     """
+    caching = cached is not None
     cached = cached or (lambda name, compute: compute())
     embeddings, present = {}, {}
     for f in fields:
@@ -157,7 +161,8 @@ def embed_items(encoder: TextImageEncoder, table: pd.DataFrame, fields: tuple[Fi
                 raise ValueError(f"field {f.name!r} is an image field: pass an image root (--image-root)")
             # a missing value becomes "", which the resolver loads as MISSING (the placeholder)
             stored = values.fillna("").astype(str).tolist()
-            embeddings[f.name] = cached(f.name, functools.partial(encoder.encode_image_files, stored, resolver))
+            embeddings[f.name] = (_cached_images(encoder, f.name, stored, resolver, cached) if caching
+                                  else encoder.encode_image_files(stored, resolver))
         else:
             prefix = getattr(encoder, "text_prefixes", {}).get(side, "")
             texts = [prefix + text for text in values.astype(object).map(str).tolist()]
@@ -165,6 +170,23 @@ def embed_items(encoder: TextImageEncoder, table: pd.DataFrame, fields: tuple[Fi
     if first_field_always:  # the published evaluation never zeroes the first field
         present[fields[0].name] = torch.ones(len(table), dtype=torch.bool)
     return Side(tuple(fields), embeddings, present).fused()
+
+
+def _cached_images(encoder: TextImageEncoder, name: str, stored: list[str], resolver, cached) -> torch.Tensor:
+    """One image field's embeddings through ``cached``, keyed by the images' fingerprints (see
+    :func:`embed_items`)."""
+    stamps = np.asarray(resolver.fingerprints(stored), dtype=np.int64).reshape(-1, 2)
+    embedded = []
+
+    def compute():
+        embedded.append(True)
+        return encoder.encode_image_files(stored, resolver)
+
+    value = cached(f"{name}-{hashlib.sha256(stamps.tobytes()).hexdigest()[:12]}", compute)
+    if not embedded:  # reused from the cache: count the absent files as embedding them would
+        resolver.record_batch(stored, np.where(stamps[:, 0] < 0, ImageStatus.MISSING, ImageStatus.OK))
+        resolver.check_bad_fraction()
+    return value
 
 
 @runtime_checkable

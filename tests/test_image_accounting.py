@@ -92,3 +92,52 @@ def test_the_feature_cache_re_embeds_images_restored_or_changed_since_it_was_bui
     counted = data.ImageResolver(shop / "images", missing="placeholder")
     HeadEncoder(encoder.model, stale, encoder.device).encode_image_files(names[:3], counted)
     assert (counted.seen_count, counted.missing_count) == (3, 2)
+
+
+class DecodingEncoder:
+    """Opens every image through the resolver as a real encoder does (statuses counted); embeds by path."""
+
+    def __init__(self):
+        self.image_calls = 0
+
+    def _embed(self, items):
+        generator = torch.Generator().manual_seed(len(items))
+        return torch.nn.functional.normalize(torch.randn(len(items), 8, generator=generator), dim=1)
+
+    def encode_text(self, texts):
+        return self._embed(texts)
+
+    def encode_image_files(self, paths, resolver):
+        self.image_calls += 1
+        for path in paths:
+            resolver.open(path)
+        return self._embed(paths)
+
+    def checksum(self):
+        return "decoding"
+
+
+def test_the_evaluation_cache_follows_the_images_and_counts_reused_placeholders(shop, tmp_path):
+    import json
+
+    from gclcore.evaluate import evaluate_split
+    from gclcore.fusion import Field
+
+    corpus = data.open_dataset(shop).corpus("novel_query")
+    gone = corpus["image_local"].map(data.image_basename).tolist()[:3]
+    kept = {name: (shop / "images" / name).read_bytes() for name in gone}
+    for name in gone:
+        (shop / "images" / name).unlink()
+    encoder = DecodingEncoder()
+
+    def evaluate():
+        evaluate_split(encoder, shop, "novel_query", tmp_path / "out", rhs_fields=(Field("image_local"),), top_k=20,
+                       progress=False, cache_dir=tmp_path / "cache")
+        output = json.loads((tmp_path / "out" / "output.json").read_text())
+        return output["gclcore"]["images_substituted"]["missing"], encoder.image_calls
+
+    assert evaluate() == (3, 1)
+    assert evaluate() == (3, 1)          # reused from the cache, the placeholders still counted
+    for name, content in kept.items():
+        (shop / "images" / name).write_bytes(content)
+    assert evaluate() == (0, 2)          # the images came back: embedded again

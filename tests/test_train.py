@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -234,6 +235,15 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run_with_its_state_saved(tm
     assert state["step"] == 5 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_the_same_seed_and_config_give_identical_weights_and_metrics_on_cpu(tmp_path, tiny_shop):
+    runs = [trainer.train(config(tmp_path / name, tiny_shop, epochs=2, test_splits="zero_shot", eval_top_k=50))
+            for name in ("first", "second")]
+    a, b = (_final_weights(run.checkpoint) for run in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pd.testing.assert_frame_equal(runs[0].test, runs[1].test, check_exact=True)
+    assert runs[0].evaluations["eval/NDCG@10"].tolist() == runs[1].evaluations["eval/NDCG@10"].tolist()
+
+
 def test_the_sampler_is_replaceable(tmp_path, tiny_shop):
     seen = []
 
@@ -407,8 +417,6 @@ def test_sub_corpus_metrics_equal_a_dataset_whose_corpus_is_the_sub_corpus(tmp_p
 
 
 def test_plots_say_which_corpus_the_dev_metrics_searched():
-    import pandas as pd
-
     from gclcore.report import dev_corpus_label, plot_training
 
     sub = pd.DataFrame({"step": [0, 10], "eval/NDCG@10": [0.1, 0.2], "eval/corpus_size": [20_000, 20_000],
