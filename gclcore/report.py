@@ -50,6 +50,12 @@ def published_results(rows: list[dict], columns: dict[str, str], split: str = "i
                          for row in rows])
 
 
+def formatted(table: pd.DataFrame, decimals: int = 4, missing: str = "–") -> pd.DataFrame:
+    """``table`` as text with ``decimals`` digits everywhere and ``missing`` for absent values (e.g. a
+    split a published row has no number for), so measured and published rows line up."""
+    return table.map(lambda value: missing if pd.isna(value) else f"{value:.{decimals}f}")
+
+
 def best_run(long: pd.DataFrame, split: str = "in_domain", metric: str = "NDCG@10") -> str:
     """The run with the highest ``metric`` on ``split`` (the first listed among equals)."""
     rows = long[long["name"] == split]

@@ -103,7 +103,7 @@ report.paper_table(report.results(runs_dir, spec["tables"]["duplicates"])).round
 # %%
 text = report.results(runs_dir, spec["tables"]["text"])
 published_text = report.published_results(expected["published"]["in_domain_text_only"], expected["reproduce"]["metrics"])
-report.paper_table(pd.concat([text, published_text], ignore_index=True)).round(4).fillna("–")  # –: not published
+report.formatted(report.paper_table(pd.concat([text, published_text], ignore_index=True)))  # –: not published
 
 # %% [markdown]
 # Relative gains in %, in the paper's form: GCL against binary fine-tuning of the same model (published:

@@ -39,6 +39,9 @@ def test_published_rows_join_the_measured_tables(tmp_path):
     assert list(table.index) == ["gcl", "BM25 (published)", "GCL e5-large-v2 (published)", "E5 e5-large-v2 (published)"]
     assert table.loc["BM25 (published)", ("in_domain", "ERR")] == 0.028
     assert pd.isna(table.loc["BM25 (published)", ("zero_shot", "nDCG@10")])  # published: in-domain only
+    shown = report.formatted(table)
+    assert shown.loc["BM25 (published)", ("in_domain", "nDCG@10")] == "0.0710"
+    assert shown.loc["BM25 (published)", ("zero_shot", "nDCG@10")] == "–" and shown.loc["gcl", ("zero_shot", "ERR")] == "0.0750"
     gains = report.relative_gains(published, "GCL e5-large-v2 (published)", "E5 e5-large-v2 (published)")
     assert gains.loc["in_domain", "nDCG@10"] == pytest.approx(round(100 * (0.431 - 0.335) / 0.335, 1))
     assert report.best_run(published) == "GCL e5-large-v2 (published)"
