@@ -23,6 +23,10 @@ import torch.nn.functional as F
 from gclcore.data import Dataset, ImageSource, atomic_write, image_basename
 from gclcore.models import state_digest as _digest
 
+FEATURES_VERSION = "2"
+"""Part of every feature cache key: raise it when the way trunk features are computed changes (e.g.
+:func:`text_trunk`, or what a cache file holds), so that no cache of the old code is reused."""
+
 
 def check_splittable(model: torch.nn.Module) -> None:
     """Raise ValueError unless the model's towers can be split into trunk + head."""
@@ -89,9 +93,10 @@ class FeatureCache:
         """Compute (or load from ``cache_dir``) trunk features for ``texts`` and ``image_paths``.
 
         ``encoder`` is a :class:`gclcore.models.Encoder` (its eval transform is used: no augmentation,
-        the trunks are frozen). The file name hashes the trunk weights, the sorted inputs and the image
-        source; the file also holds each image's fingerprint (:meth:`~gclcore.data.ImageSource.fingerprints`:
-        size and modification time of an image file) and status, so that images changed, restored or lost
+        the trunks are frozen). The file name hashes :data:`FEATURES_VERSION`, the trunk weights, the image
+        transform (its ``repr``: sizes, normalisation), the sorted inputs and the image source; the file
+        also holds each image's fingerprint (:meth:`~gclcore.data.ImageSource.fingerprints`: size and
+        modification time of an image file) and status, so that images changed, restored or lost
         since are re-embedded on reuse (and said so), and the statuses of reused features are counted on
         ``resolver`` as if decoded again (its warning and ``max_bad`` check apply to a cached run too).
         """
@@ -104,7 +109,8 @@ class FeatureCache:
         if names and resolver is None:
             raise ValueError("image features need an image root")
         trunk_sum = _digest(model.visual.trunk, model.text.transformer)
-        key = _digest(trunk_sum, "\n".join(texts), "\n".join(names), resolver.identity if resolver else "")
+        key = _digest(FEATURES_VERSION, trunk_sum, repr(encoder.preprocess), "\n".join(texts), "\n".join(names),
+                      resolver.identity if resolver else "")
         path = Path(cache_dir) / f"trunk-features-{key}.pt" if cache_dir is not None else None
         text_index, image_index = {t: i for i, t in enumerate(texts)}, {n: i for i, n in enumerate(names)}
         stamps = torch.tensor(resolver.fingerprints(names) if names else [], dtype=torch.long).reshape(-1, 2)

@@ -141,3 +141,30 @@ def test_the_evaluation_cache_follows_the_images_and_counts_reused_placeholders(
     for name, content in kept.items():
         (shop / "images" / name).write_bytes(content)
     assert evaluate() == (0, 2)          # the images came back: embedded again
+
+
+def test_the_feature_cache_key_covers_weights_transform_texts_and_images(shop, tmp_path):
+    """Each input of the trunk features, changed alone, gives a new cache file; nothing changed reuses it."""
+    import copy
+
+    import torchvision.transforms as T
+
+    encoder = load_encoder("default", device="cpu")
+    names = sorted(p.name for p in (shop / "images").iterdir())[:4]
+
+    def files(enc, texts, images, image_root=shop / "images"):
+        FeatureCache.build(enc, texts, images, data.ImageResolver(image_root), tmp_path / "cache", progress=False)
+        return sorted(p.name for p in (tmp_path / "cache").iterdir())
+
+    first = files(encoder, ["red shoes"], names)
+    assert files(encoder, ["red shoes"], names) == first and len(first) == 1          # reused
+    assert len(files(encoder, ["red shoes", "blue"], names)) == 2                     # texts
+    assert len(files(encoder, ["red shoes"], names[:3])) == 3                         # images
+    other_root = shutil.copytree(shop / "images", tmp_path / "copy")
+    assert len(files(encoder, ["red shoes"], names, other_root)) == 4                 # image source
+    smaller = copy.copy(encoder)
+    smaller.preprocess = T.Compose([T.Resize(160), *encoder.preprocess.transforms[1:]])
+    assert len(files(smaller, ["red shoes"], names)) == 5                             # image transform
+    with torch.no_grad():
+        encoder.model.visual.trunk.conv_stem.weight.add_(0.01)
+    assert len(files(encoder, ["red shoes"], names)) == 6                             # trunk weights
