@@ -200,6 +200,22 @@ def test_to_parquet_holds_one_row_group_of_images_at_a_time(tiny_shop, tmp_path,
         frame["image_local"].iloc[-1])).read_bytes()
 
 
+def test_to_parquet_counts_missing_images_against_every_image_written(tmp_path):
+    """Under the placeholder policy a missing image becomes a null image, counted; the share that stops the
+    run is of all images seen (120 missing of 420 is 29%, under the 50% limit)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(300):
+        (images / f"p{i}.png").write_bytes(b"not decoded: copied as is")
+    stored = [f"/MarqoData/p{i}.png" for i in range(300)] + [f"/MarqoData/gone{i}.png" for i in range(120)]
+    frame = pd.DataFrame({"query": ["q"] * 420, "product_id": [str(i) for i in range(420)], "image_local": stored})
+    resolver = data.ImageResolver(images, missing="placeholder", max_bad=0.5)
+    data.write_parquet_split(frame, resolver, tmp_path / "data" / "in_domain-00000-of-00001.parquet")
+    assert (resolver.seen_count, resolver.missing_count) == (420, 120)
+    table = pq.read_table(tmp_path / "data" / "in_domain-00000-of-00001.parquet")
+    assert table.column("image").null_count == 120
+
+
 def test_validate_a_parquet_folder_with_only_some_splits(layouts, tmp_path):
     _, _, zs_csv, zs = layouts
     report = data.validate(zs, progress=False)

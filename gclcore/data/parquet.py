@@ -234,7 +234,9 @@ def _embedded_image(resolver: ImageResolver, stored, out_path: Path, index: int)
     try:
         if path is None:
             raise FileNotFoundError
-        return {"bytes": path.read_bytes(), "path": path.name}
+        image = {"bytes": path.read_bytes(), "path": path.name}
+        resolver.record(stored, ImageStatus.OK)  # counted as seen: the share of missing ones stays right
+        return image
     except FileNotFoundError:
         if resolver.missing == "error":
             raise DataFormatError(resolver.where(stored) if path is not None else out_path,
