@@ -122,6 +122,19 @@ def plot_training(log: pd.DataFrame):
     return fig
 
 
+def image_note(log: pd.DataFrame) -> str:
+    """One line on the images a run trained on, from its log's ``images/*`` row: how many loads, and how
+    many were missing or unreadable (grey placeholders, counted); empty for a run without images."""
+    if "images/seen" not in log:
+        return ""
+    row = log.dropna(subset=["images/seen"]).iloc[-1]
+    seen, missing, unreadable = (int(row[f"images/{k}"]) for k in ("seen", "missing", "unreadable"))
+    if not missing and not unreadable:
+        return f"Images: all {seen:,} loads decoded."
+    return (f"**Images: {missing:,} missing and {unreadable:,} unreadable of {seen:,} loads** were trained on as "
+            f"grey placeholders (the run stops past `max_bad_images` of them).")
+
+
 def dev_corpus_label(evals: pd.DataFrame, prefix: str = "dev") -> str:
     """What the in-training evaluations searched, from their ``eval/corpus_size`` / ``eval/corpus_total``:
     ``"dev metrics: sub-corpus of 20,000 of 1,000,000 products"``, or ``"...: full corpus, N products"``."""

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gclcore.data import Dataset, ImageResolver
+from gclcore.data import Dataset, ImageResolver, ImageSource
 from gclcore.data.images import DEFAULT_MAX_BAD
 from gclcore.fusion import Field
 from gclcore.loaders import default_workers
@@ -31,6 +31,8 @@ class Towers(Protocol):
     model: torch.nn.Module
     eval_encoder: Any
     """What evaluation during training embeds with (:class:`gclcore.evaluate.TextImageEncoder`)."""
+    resolver: ImageSource | None
+    """The image source training counts every image load on (None without images)."""
 
     def trainable(self) -> list[torch.nn.Parameter]: ...
 
@@ -58,7 +60,7 @@ class HeadTowers:
         text_fields = sorted({"query", "title"} | {f.name for f in fields if not f.is_image})
         image_fields = sorted({"image_local"} | {f.name for f in fields if f.is_image})
         texts, images = dataset_inputs(dataset, text_fields, image_fields)
-        resolver = dataset.image_resolver(max_bad=max_bad_images)
+        self.resolver = resolver = dataset.image_resolver(max_bad=max_bad_images)
         cache = FeatureCache.build(encoder, texts, images, resolver, cache_dir, progress=progress,
                                    workers=None if workers < 0 else workers)
         if resolver is not None:

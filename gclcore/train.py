@@ -324,6 +324,8 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
         checkpoint.save_model(out / "model.pt", model, state, cfg.model)
     evaluation(state)
     test = evaluation.test()
+    if towers.resolver is not None and ctx.is_main:  # what training saw of the images, in the run's own log
+        log.append({"step": state.step, **_image_counts(towers.resolver)})
     log.close()
     distributed.stop(ctx)
     return _result(out, state, test, cfg)
@@ -340,6 +342,13 @@ def _load_model(cfg: TrainConfig, device: torch.device, ctx: distributed.Context
         distributed.broadcast_parameters(encoder.model)
         torch.manual_seed(cfg.seed + ctx.rank)
     return encoder
+
+
+def _image_counts(resolver) -> dict:
+    """``images/seen``, ``images/missing``, ``images/unreadable``: the image loads training counted (the
+    feature cache's, or every batch's when towers are fine-tuned); bad ones were grey placeholders."""
+    return {"images/seen": resolver.seen_count, "images/missing": resolver.missing_count,
+            "images/unreadable": resolver.unreadable_count}
 
 
 class NonFiniteTraining(ValueError):

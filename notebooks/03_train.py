@@ -85,6 +85,7 @@ result = train(cfg)
 
 # %%
 log = report.history(result.output_dir)
+display(Markdown(report.image_note(log)))
 report.plot_training(log);
 
 # %%

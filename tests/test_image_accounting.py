@@ -55,6 +55,9 @@ def test_a_few_missing_images_are_trained_on_as_counted_placeholders(shop, tmp_p
     trainer.train(cfg)
     assert f"5 missing and 0 unreadable images under {shop / 'images'} were cached as grey placeholders" in \
         capsys.readouterr().err
+    from gclcore.report import history, image_note
+
+    assert image_note(history(tmp_path / "run")).startswith("**Images: 5 missing and 0 unreadable of ")
     output = (tmp_path / "run" / "test" / "query_0_product_id_0" / "output.json").read_text()
     assert '"images_substituted": {"missing": ' in output and '"missing": 0,' not in output
     trainer.train(cfg)  # the cache is reused: its placeholders are still counted and said

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from gclcore import data
 from gclcore import train as trainer
 from gclcore.data import DataFormatError
 from gclcore.models import load_encoder
@@ -38,7 +39,11 @@ def test_training_lowers_the_loss_and_improves_dev_ndcg(tmp_path, tiny_shop):
     before, after = result.evaluations["eval/NDCG@10"].iloc[0], result.evaluations["eval/NDCG@10"].iloc[-1]
     assert after > before + 0.05, (before, after)
     log = [json.loads(line) for line in (result.output_dir / "log.jsonl").read_text().splitlines()]
-    assert {"loss", "lr", "samples_per_s", "logit_scale"} <= set(log[1]) and "eval/mERR" in log[-1]
+    assert {"loss", "lr", "samples_per_s", "logit_scale"} <= set(log[1]) and "eval/mERR" in log[-2]
+    from gclcore.features import dataset_inputs
+
+    images = {data.image_basename(p) for p in dataset_inputs(trainer.open_dataset(tiny_shop), [], ["image_local"])[1]}
+    assert log[-1] == {"step": result.steps, "images/seen": len(images), "images/missing": 0, "images/unreadable": 0}
     # the saved model is an open_clip-format checkpoint that our loader and open_clip both accept
     state = torch.load(result.checkpoint, weights_only=False)
     assert {"epoch", "state_dict"} <= set(state)
