@@ -32,6 +32,7 @@ class TrainConfig:
     train_split: str = "query_0_product_id_0"
     max_position: int = 0                   # keep rows with position <= this (0: all rows)
     max_bad_images: float = 0.5             # stop when more than this fraction of images is missing/unreadable (1: never)
+    missing_images: str = "placeholder"     # training rows: placeholder (counted) | skip (rows without files) | error
     # model
     model: str = "default"
     pretrained: str = ""
@@ -174,6 +175,7 @@ _CHOICES = {
     "weight_norm": ("none", "mean", "sum"), "duplicates": ("negatives", "mask", "positives"),
     "precision": ("auto", "fp32", "bf16", "fp16"), "pooling": ("mean", "cls"),
     "dist_backend": ("auto", "nccl", "gloo"), "eval_query_set": ("dev", "test", "sampled"),
+    "missing_images": ("placeholder", "skip", "error"),
 }
 """The fields that take one of a fixed set of words."""
 

@@ -51,7 +51,7 @@ class HeadTowers:
     """
 
     def __init__(self, encoder, rows: pd.DataFrame, fields: tuple[Field, ...], dataset: Dataset, cache_dir: str,
-                 workers: int, progress: bool, max_bad_images: float = DEFAULT_MAX_BAD):
+                 workers: int, progress: bool, max_bad_images: float = DEFAULT_MAX_BAD, missing: str = "placeholder"):
         from gclcore.features import FeatureCache, HeadEncoder, check_splittable, dataset_inputs, trunk_parameters
 
         check_splittable(encoder.model)
@@ -60,7 +60,7 @@ class HeadTowers:
         text_fields = sorted({"query", "title"} | {f.name for f in fields if not f.is_image})
         image_fields = sorted({"image_local"} | {f.name for f in fields if f.is_image})
         texts, images = dataset_inputs(dataset, text_fields, image_fields)
-        self.resolver = resolver = dataset.image_resolver(max_bad=max_bad_images)
+        self.resolver = resolver = dataset.image_resolver(missing, max_bad_images)
         cache = FeatureCache.build(encoder, texts, images, resolver, cache_dir, progress=progress,
                                    workers=None if workers < 0 else workers)
         if resolver is not None:
@@ -199,17 +199,19 @@ def field_prefixes(encoder, query_fields: tuple[Field, ...], document_fields: tu
 
 def build_towers(freeze: str, encoder, rows: pd.DataFrame, fields: tuple[Field, ...], dataset: Dataset, *,
                  cache_dir: str, seed: int, workers: int, progress: bool,
-                 prefixes: dict[str, str] | None = None, max_bad_images: float = DEFAULT_MAX_BAD) -> Towers:
+                 prefixes: dict[str, str] | None = None, max_bad_images: float = DEFAULT_MAX_BAD,
+                 missing_images: str = "placeholder") -> Towers:
     """Head or full towers for ``freeze`` (``"trunks"``, ``"none"`` or ``"auto"``: :func:`resolve_freeze`);
     ``prefixes`` (:func:`field_prefixes`) are prepended to those text fields (full fine-tuning). Images
     go through one resolver that counts every missing or unreadable one and stops the run past
-    ``max_bad_images`` (a fraction of the images seen)."""
+    ``max_bad_images`` (a fraction of the images seen); ``missing_images="error"`` stops it at the first."""
+    policy = "error" if missing_images == "error" else "placeholder"
     if resolve_freeze(freeze, encoder.model) == "trunks":
         if prefixes:
             raise ValueError(f"text prefixes ({prefixes}) need full fine-tuning: freeze=none")
         return HeadTowers(encoder, rows, fields, dataset, cache_dir or str(dataset.root / ".feature-cache"), workers,
-                          progress, max_bad_images)
-    return FullTowers(encoder, rows, fields, dataset.image_resolver(max_bad=max_bad_images), seed, workers, prefixes)
+                          progress, max_bad_images, policy)
+    return FullTowers(encoder, rows, fields, dataset.image_resolver(policy, max_bad_images), seed, workers, prefixes)
 
 
 def split_batch(batch, parts: int) -> list:

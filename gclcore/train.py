@@ -73,10 +73,30 @@ def training_rows(cfg: TrainConfig, fields: tuple[Field, ...], dataset: Dataset 
     for f in fields:
         if f.name not in rows.columns:
             raise ValueError(f"field {f.name!r} is not a column of {cfg.train_split}.csv")
+    if cfg.missing_images == "skip":
+        rows = _without_missing_images(rows, fields, open_dataset(dataset or cfg.data_dir, cfg.image_root or None))
     rows["weight"] = get_stw(cfg.stw)(rows)
     rows["qid"] = pd.factorize(rows["query"].astype(str))[0]
     rows["did"] = pd.factorize(rows["product_id"].astype(str))[0]
     return rows
+
+
+def _without_missing_images(rows: pd.DataFrame, fields: tuple[Field, ...], dataset: Dataset) -> pd.DataFrame:
+    """``missing_images="skip"``: the rows whose image files all exist (one ``stat`` per image), saying how many
+    were dropped. A row without a stored image path keeps it (the field is absent, not broken)."""
+    resolver = dataset.image_resolver()
+    keep = np.ones(len(rows), dtype=bool)
+    for f in (f for f in fields if f.is_image and resolver is not None):
+        stored = rows[f.name].astype(object)
+        absent = np.array([stamp[0] < 0 for stamp in resolver.fingerprints(stored.fillna("").map(str).tolist())])
+        keep &= ~(absent & stored.notna().to_numpy())
+    if not keep.all():
+        print(f"missing_images=skip: {int((~keep).sum()):,} of {len(rows):,} training rows dropped, their image "
+              f"file absent under {resolver.root}", flush=True)
+    if not keep.any():
+        raise ValueError(f"missing_images=skip left no training rows: no image file of the split is under "
+                         f"{resolver.root}; check image_root")
+    return rows[keep].reset_index(drop=True)
 
 
 def epoch_batches(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
@@ -247,7 +267,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     towers = distributed.main_first(ctx, lambda: build_towers(
         cfg.freeze, encoder, rows, lhs + rhs, dataset, cache_dir=cfg.feature_cache_dir, seed=cfg.seed,
         workers=cfg.workers, progress=cfg.progress, prefixes=field_prefixes(encoder, lhs, rhs),
-        max_bad_images=cfg.max_bad_images))
+        max_bad_images=cfg.max_bad_images, missing_images=cfg.missing_images))
     objective = PairObjective(rows, lhs, rhs, cfg, model, device,
                               gather=distributed.all_gather_with_grad if ctx.enabled else None)
 

@@ -171,3 +171,21 @@ def test_the_feature_cache_key_covers_weights_transform_texts_and_images(shop, t
     with torch.no_grad():
         encoder.model.visual.trunk.conv_stem.weight.add_(0.01)
     assert len(files(encoder, ["red shoes"], names)) == 6                             # trunk weights
+
+
+def test_missing_images_skip_drops_the_rows_and_error_stops_at_the_first(shop, tmp_path, capsys):
+    rows = data.open_dataset(shop).rows("in_domain")
+    gone = set(rows["image_local"].dropna().map(data.image_basename).tolist()[:4])
+    for name in gone:
+        (shop / "images" / name).unlink()
+    dropped = int(rows["image_local"].map(lambda p: isinstance(p, str) and data.image_basename(p) in gone).sum())
+    base = dict(data_dir=str(shop), batch_size=32, max_steps=2, eval_split="", progress=False,
+                feature_cache_dir=str(tmp_path / "features"))
+    cfg = trainer.TrainConfig(output_dir=str(tmp_path / "skip"), missing_images="skip", **base)
+    assert len(trainer.training_rows(cfg, (trainer.Field("image_local"),))) == len(rows) - dropped
+    trainer.train(cfg)
+    assert f"missing_images=skip: {dropped} of {len(rows)} training rows dropped" in capsys.readouterr().out
+    with pytest.raises(DataFormatError, match="image missing"):
+        trainer.train(trainer.TrainConfig(output_dir=str(tmp_path / "error"), missing_images="error", **base))
+    with pytest.raises(ValueError, match="missing_images='drop': choose from placeholder, skip, error"):
+        trainer.TrainConfig(missing_images="drop")
