@@ -530,7 +530,7 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     if seed is not None:
         torch.default_generator.set_state(caller_rng)
     if checkpoint:
-        load_checkpoint(net, checkpoint)
+        load_checkpoint(net, checkpoint, model if is_text_model(model) else name)
     net = net.to(device).eval()
     if channels_last and any(isinstance(m, torch.nn.Conv2d) for m in net.visual.modules()):
         net.visual.to(memory_format=torch.channels_last)
@@ -587,7 +587,7 @@ class CheckpointError(ValueError):
     file and the likely fix."""
 
 
-def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> None:
+def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, model_name: str = "this model") -> None:
     """Load a bare state dict, an open_clip training checkpoint or a released GCL ``*-states.pt``.
 
     Raises:
@@ -614,7 +614,9 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike) -> None:
               if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
     missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
     if shapes or missing or unexpected:
-        raise CheckpointError(f"{path} does not fit this model architecture: {len(shapes)} tensors of other shapes "
-                              f"(e.g. {shapes[:2]}), {len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} "
-                              f"unexpected (e.g. {unexpected[:3]}); give the model it was trained as (--model)")
+        first = (shapes or [f"{k} missing" for k in missing] or [f"{k} unexpected" for k in unexpected])[0]
+        raise CheckpointError(f"checkpoint {path} does not fit model {model_name} (first difference: {first}): "
+                              f"{len(shapes)} tensors of other shapes (e.g. {shapes[:2]}), {len(missing)} missing "
+                              f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); give the "
+                              f"model it was trained as (--model)")
     model.load_state_dict(state)

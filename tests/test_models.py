@@ -79,12 +79,14 @@ def test_checkpoint_formats(default_encoder, tmp_path, wrap):
 
 def test_mismatched_or_unreadable_checkpoints_are_refused_in_one_line(tmp_path, default_encoder):
     torch.save({"state_dict": {"nonsense.weight": torch.zeros(2)}}, tmp_path / "bad.pt")
-    with pytest.raises(models.CheckpointError, match="does not fit .* 1 unexpected"):
+    with pytest.raises(models.CheckpointError, match=f"checkpoint {tmp_path / 'bad.pt'} does not fit model "
+                                                     f"{models.DEFAULT_MODEL} \\(first difference: .* missing\\).* 1 unexpected"):
         models.load_encoder("default", str(tmp_path / "bad.pt"), device="cpu")
     state = dict(default_encoder.model.state_dict())
     state["logit_scale"] = torch.zeros(3)
     torch.save(state, tmp_path / "shape.pt")
-    with pytest.raises(models.CheckpointError, match=r"1 tensors of other shapes \(e.g. \['logit_scale \(3,\) vs \(\)'"):
+    with pytest.raises(models.CheckpointError, match=r"first difference: logit_scale \(3,\) vs \(\)\): 1 tensors of "
+                                                     r"other shapes \(e.g. \['logit_scale \(3,\) vs \(\)'"):
         models.load_encoder("default", str(tmp_path / "shape.pt"), device="cpu")
     (tmp_path / "cut.pt").write_bytes((tmp_path / "shape.pt").read_bytes()[:5000])  # a truncated download
     with pytest.raises(models.CheckpointError, match="truncated download"):
