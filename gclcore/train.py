@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from gclcore import checkpoint, distributed
+from gclcore.batching import QueryGroupedBatches, epoch_batches
 from gclcore.checkpoint import TrainState
 from gclcore.config import TrainConfig, parse_overrides
 from gclcore.data import Dataset, atomic_write, open_dataset
@@ -97,13 +98,6 @@ def _without_missing_images(rows: pd.DataFrame, fields: tuple[Field, ...], datas
         raise ValueError(f"missing_images=skip left no training rows: no image file of the split is under "
                          f"{resolver.root}; check image_root")
     return rows[keep].reset_index(drop=True)
-
-
-def epoch_batches(n_rows: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The epoch's batches: a permutation drawn from (seed, epoch), cut into full batches (the last
-    partial batch is dropped so every step sees ``batch_size`` in-batch negatives)."""
-    order = np.random.default_rng([seed, epoch]).permutation(n_rows)
-    return [order[i:i + batch_size] for i in range(0, n_rows - batch_size + 1, batch_size)]
 
 
 class PairObjective:
@@ -239,7 +233,8 @@ class DevEvaluation:
 def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, **overrides) -> TrainResult:
     """Train (and evaluate) one configuration; see :class:`~gclcore.config.TrainConfig` for every option.
 
-    ``sampler(n_rows, batch_rows, seed, epoch) -> list of row-index arrays`` replaces :func:`epoch_batches`;
+    ``sampler(n_rows, batch_rows, seed, epoch) -> list of row-index arrays`` replaces the one ``batching``
+    names (:mod:`gclcore.batching`);
     it must be deterministic in (seed, epoch) for resume to stay exact (under torchrun it draws global
     batches; each rank trains on its slice). ``on_step(step)`` runs after every optimiser step; an
     exception raised there ends the run like a kill, and ``resume="latest"`` continues it.
@@ -248,7 +243,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config or {}))
     cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
-    sampler, ctx, out = sampler or epoch_batches, distributed.from_environment(), Path(cfg.output_dir)
+    ctx, out = distributed.from_environment(), Path(cfg.output_dir)
     # the inputs a run names are checked before anything is loaded (the config's values were, when it was made)
     resume = checkpoint.resume_path(out, cfg.resume)
     dataset = open_dataset(cfg.data_dir, cfg.image_root or None)
@@ -261,6 +256,8 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     model = encoder.model
     lhs, rhs = parse_fields(cfg.lhs_fields), parse_fields(cfg.rhs_fields)
     rows = training_rows(cfg, lhs + rhs, dataset)
+    sampler = sampler or (QueryGroupedBatches.for_rows(rows, cfg.products_per_query, cfg.within_query)
+                          if cfg.batching == "grouped" else epoch_batches)
     batch_rows = cfg.batch_size * cfg.accum_freq * ctx.world  # the global batch
     total_steps = _total_steps(cfg, len(sampler(len(rows), batch_rows, cfg.seed, 0)), len(rows), batch_rows)
     cfg = _record_config(cfg, cfg.resolved(resolve_freeze(cfg.freeze, model), total_steps), total_steps, out, ctx)

@@ -249,6 +249,25 @@ def test_the_same_seed_and_config_give_identical_weights_and_metrics_on_cpu(tmp_
     assert runs[0].evaluations["eval/NDCG@10"].tolist() == runs[1].evaluations["eval/NDCG@10"].tolist()
 
 
+def test_query_grouped_batches_train_and_resume_exactly(tmp_path, tiny_shop):
+    grouped = dict(batching="grouped", products_per_query=4, within_query="stratified", eval_split="", save_every=2)
+    full = trainer.train(config(tmp_path / "a", tiny_shop, **grouped))
+    rows = trainer.training_rows(config(tmp_path / "a", tiny_shop), ())
+    sampler = trainer.QueryGroupedBatches.for_rows(rows, 4, "stratified")
+    assert full.steps == 6 * len(sampler(len(rows), 32, 0, 0))
+
+    def stop_at_5(step):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    cfg = config(tmp_path / "b", tiny_shop, **grouped)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(cfg, on_step=stop_at_5)
+    resumed = trainer.train(cfg, resume="latest")  # from the step-4 state
+    a, b = _final_weights(full.checkpoint), _final_weights(resumed.checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_the_sampler_is_replaceable(tmp_path, tiny_shop):
     seen = []
 
