@@ -49,6 +49,8 @@ class TrainConfig:
     weight_norm: str = "mean"               # none | mean | sum
     direction: float = 0.5                  # weight of the query->document term
     duplicates: str = "negatives"           # negatives | mask | positives
+    ranking_loss: str = "none"              # + a ranking term over each query's in-batch products: none | listnet | lambda
+    ranking_weight: float = 1.0             # its weight beside the contrastive loss
     # batches (gclcore.batching)
     batching: str = "random"                # random (the paper's) | grouped (k products of each query together)
     products_per_query: int = 4             # grouped: k, the rows of one query in one group
@@ -161,7 +163,8 @@ def _at_least(low):
 
 _VALUE_RULES = {
     "max_position": _at_least(0), "epochs": _at_least(0), "max_steps": _at_least(0), "batch_size": _at_least(1),
-    "accum_freq": _at_least(1), "products_per_query": _at_least(1), "max_bad_images": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "accum_freq": _at_least(1), "products_per_query": _at_least(1), "ranking_weight": _at_least(0),
+    "max_bad_images": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "lr": (lambda v: v >= 0, ">= 0 (0: the regime's default)"),
     "weight_decay": _at_least(0), "warmup_steps": (lambda v: v >= -1, ">= -1 (-1: the regime's default)"),
     "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"), "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -180,7 +183,7 @@ _CHOICES = {
     "precision": ("auto", "fp32", "bf16", "fp16"), "pooling": ("mean", "cls"),
     "dist_backend": ("auto", "nccl", "gloo"), "eval_query_set": ("dev", "test", "sampled"),
     "missing_images": ("placeholder", "skip", "error"), "batching": ("random", "grouped"),
-    "within_query": ("uniform", "stratified"),
+    "within_query": ("uniform", "stratified"), "ranking_loss": ("none", "listnet", "lambda"),
 }
 """The fields that take one of a fixed set of words."""
 

@@ -45,6 +45,7 @@ from gclcore.fusion import Field, Side, parse_fields
 from gclcore.interrupt import EXIT_INTERRUPTED, GracefulStop, TrainingInterrupted
 from gclcore.loss import GCLLoss, multi_field_loss
 from gclcore.optim import Precision, build_optimizer, cosine_schedule, set_lr
+from gclcore.ranking_loss import ranking_loss
 from gclcore.runlog import RunLog, Throughput, split_history
 from gclcore.towers import Towers, build_towers, field_prefixes, resolve_freeze, split_batch
 from gclcore.weights import get_stw
@@ -111,6 +112,7 @@ class PairObjective:
         self.qids, self.dids = torch.tensor(rows["qid"].to_numpy()), torch.tensor(rows["did"].to_numpy())
         self.present = {f.name: torch.tensor(rows[f.name].notna().to_numpy()) for f in lhs + rhs}
         self.loss = GCLLoss(cfg.weight_norm, cfg.direction, cfg.duplicates, gather=gather)
+        self.ranking, self.ranking_weight = cfg.ranking_loss, cfg.ranking_weight
 
     def __call__(self, embedded: dict[str, torch.Tensor], index: np.ndarray,
                  logit_scale_grad: bool = True) -> torch.Tensor:
@@ -124,9 +126,13 @@ class PairObjective:
             return Side(fields, {f.name: embedded[f.name] for f in fields},
                         {f.name: self.present[f.name][idx].to(dev) for f in fields})
 
-        return multi_field_loss(self.loss, side(self.lhs), side(self.rhs), scale if logit_scale_grad else scale.detach(),
-                                self.weights[idx].to(dev), mode=self.mode, query_ids=self.qids[idx].to(dev),
+        scale = scale if logit_scale_grad else scale.detach()
+        query, doc, weights, qids = side(self.lhs), side(self.rhs), self.weights[idx].to(dev), self.qids[idx].to(dev)
+        loss = multi_field_loss(self.loss, query, doc, scale, weights, mode=self.mode, query_ids=qids,
                                 doc_ids=self.dids[idx].to(dev))
+        if self.ranking == "none":
+            return loss
+        return loss + self.ranking_weight * ranking_loss(self.ranking, query.fused(), doc.fused(), scale, weights, qids)
 
 
 def train_step(towers: Towers, objective: PairObjective, batch, optimizer: torch.optim.Optimizer,

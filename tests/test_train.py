@@ -340,16 +340,21 @@ def test_full_towers_embed_text_fields_in_one_call_like_separate_calls(tiny_shop
         assert torch.allclose(embedded["image_local"], encoder.model.encode_image(batch["image_local"], normalize=True))
 
 
-def test_train_step_accumulation_equals_the_full_batch_step(tmp_path, tiny_shop):
+@pytest.mark.parametrize("objective", [{}, {"batching": "grouped", "ranking_loss": "listnet"},
+                                       {"batching": "grouped", "ranking_loss": "lambda", "duplicates": "positives"}])
+def test_train_step_accumulation_equals_the_full_batch_step(tmp_path, tiny_shop, objective):
     """train_step on its own: 4 micro-batches of 8 give the same update as one batch of 32 (GradCache),
-    the logit scale included (its gradient is taken once, not once per micro-batch)."""
+    the logit scale included (its gradient is taken once, not once per micro-batch); with a ranking term
+    over query-grouped batches too."""
     from gclcore.data import open_dataset
     from gclcore.fusion import parse_fields
 
-    cfg = trainer.TrainConfig(data_dir=str(tiny_shop), workers=0, progress=False)
+    cfg = trainer.TrainConfig(data_dir=str(tiny_shop), workers=0, progress=False, **objective)
     lhs, rhs = parse_fields(cfg.lhs_fields), parse_fields(cfg.rhs_fields)
     rows = trainer.training_rows(cfg, lhs + rhs)
-    batch = torch.as_tensor(trainer.epoch_batches(len(rows), 32, seed=0, epoch=0)[0])
+    sampler = (trainer.QueryGroupedBatches.for_rows(rows, 4, "uniform") if cfg.batching == "grouped"
+               else trainer.epoch_batches)
+    batch = torch.as_tensor(sampler(len(rows), 32, seed=0, epoch=0)[0])
     updated = []
     for accum_freq in (1, 4):
         torch.manual_seed(0)  # the projection heads start from a seeded random init
