@@ -279,6 +279,12 @@ def test_the_sampler_is_replaceable(tmp_path, tiny_shop):
     assert result.steps == 3 and seen[1:] == [0, 1, 2]  # the first call sizes the schedule
 
 
+def _rank_errors(stderr: str) -> str:
+    """Each rank's own error lines first (torchrun interleaves them), then the end of stderr."""
+    own = [line for line in stderr.splitlines() if line.startswith(("[rank0]", "[rank1]"))]
+    return "\n".join(own[-60:]) + "\n---\n" + stderr[-2000:]
+
+
 def test_two_ranks_under_torchrun_follow_the_single_process_run(tmp_path, tiny_shop):
     """torchrun, 2 CPU ranks on gloo, batch 16 each == one process, batch 32: the same global batches,
     cross-rank negatives and averaged gradients give the same weights, losses and evaluation."""
@@ -290,7 +296,7 @@ def test_two_ranks_under_torchrun_follow_the_single_process_run(tmp_path, tiny_s
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "gclcore.train", "--config", str(tmp_path / "ddp.yaml")],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, _rank_errors(done.stderr)
     out = Path(cfg["output_dir"])
     a, b = _final_weights(single.checkpoint), _final_weights(out / "model.pt")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
@@ -316,7 +322,7 @@ def test_two_ranks_under_torchrun_follow_the_single_process_run(tmp_path, tiny_s
     first.send_signal(signal.SIGINT)
     assert first.wait(timeout=120) != 0  # stopped mid-run, not finished
     done = subprocess.run(command + ["--set", "resume=latest"], capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, _rank_errors(done.stderr)
     resumed = _final_weights(tmp_path / "killed" / "model.pt")
     assert all(torch.equal(b[k], resumed[k]) for k in b)
 
