@@ -175,6 +175,29 @@ def wins_losses(frame: pd.DataFrame, method: str, baseline: str, metric: str = "
                       "losses": int((diff < -margin).sum())}, name=f"{method} vs {baseline} ({metric})")
 
 
+def paired_significance(frame: pd.DataFrame, method: str, baseline: str, metrics=("NDCG@10", "ERR"),
+                        level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Per metric, ``method`` against ``baseline`` over their shared queries (:func:`per_query` rows):
+    the mean difference, its percentile bootstrap interval at ``level``, and the two-sided p of the
+    paired t-test and of the sign-flip randomisation test (:mod:`gclcore.stats`). A query evaluated by
+    only one of the two runs is an error, not silently dropped."""
+    from gclcore import stats
+
+    rows = []
+    for metric in metrics:
+        wide = frame[frame["run"].isin([method, baseline])].pivot_table(index="query", columns="run", values=metric)
+        unpaired = wide[wide.isna().any(axis=1)]
+        if len(unpaired):
+            raise ValueError(f"{len(unpaired)} queries were evaluated by only one of {method!r} and {baseline!r} "
+                             f"(e.g. {unpaired.index[0]!r}): evaluate both on the same queries")
+        a, b = wide[method].to_numpy(), wide[baseline].to_numpy()
+        low, high = stats.bootstrap_ci(a, b, level, seed=seed)
+        rows.append({"metric": metric, "queries": len(a), "mean difference": float((a - b).mean()),
+                     f"{level:.0%} CI low": low, f"{level:.0%} CI high": high, "p (paired t)": stats.paired_t(a, b)[1],
+                     "p (randomisation)": stats.randomization_p(a, b, seed=seed)})
+    return pd.DataFrame(rows).set_index("metric")
+
+
 def plot_ranking_examples(data_dir: str | os.PathLike, image_root: str | os.PathLike, runs_dir: str | os.PathLike,
                           names: list[str], split: str, query: str | None = None, n: int = 6, seed: int = 0):
     """A query's top-n results under each run (rows), with each result's grade (0 = not judged)."""

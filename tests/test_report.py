@@ -1,4 +1,5 @@
 """Experiments files and the book's result helpers, on hand-made results."""
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -90,3 +91,20 @@ def test_book_experiments_file_is_valid():
     text = [experiments.run_config(spec, name, "runs") for name in spec["tables"]["text"]]
     assert all(cfg.rhs_fields == "title=1" for cfg in text)  # the text-only table: query -> title
     assert [cfg.model for cfg in text].count("bm25") == 1 and {cfg.stw for cfg in text} >= {"constant", "linear"}
+
+
+def test_paired_significance_over_shared_queries():
+    import scipy.stats
+
+    rng = np.random.default_rng(3)
+    base = rng.random(30)
+    frame = pd.concat([pd.DataFrame({"query": [f"q{i}" for i in range(30)], "NDCG@10": values, "run": run})
+                       for run, values in (("gcl", base + 0.05 + rng.normal(0, 0.02, 30)), ("clip", base))])
+    table = report.paired_significance(frame.sample(frac=1, random_state=0), "gcl", "clip", metrics=("NDCG@10",))
+    row = table.loc["NDCG@10"]
+    gcl, clip = (frame[frame["run"] == r].set_index("query")["NDCG@10"] for r in ("gcl", "clip"))
+    assert row["queries"] == 30 and row["mean difference"] == pytest.approx((gcl - clip).mean())
+    assert row["p (paired t)"] == pytest.approx(scipy.stats.ttest_rel(gcl, clip.loc[gcl.index]).pvalue)
+    assert row["95% CI low"] < row["mean difference"] < row["95% CI high"] and row["p (randomisation)"] < 0.001
+    with pytest.raises(ValueError, match="1 queries were evaluated by only one of 'gcl' and 'clip'"):
+        report.paired_significance(frame.iloc[1:], "gcl", "clip", metrics=("NDCG@10",))
