@@ -56,23 +56,32 @@ def _final_weights(path):
     return torch.load(path, weights_only=False)["state_dict"]
 
 
+def _killed_and_resumed(cfg, step: int, between=lambda: None):
+    """Train ``cfg`` until an exception at ``step`` ends it like a kill, call ``between()``, then resume
+    from the last saved state; returns the resumed run's result."""
+    class Killed(Exception):
+        pass
+
+    def kill(at):
+        if at == step:
+            raise Killed
+
+    with pytest.raises(Killed):
+        trainer.train(cfg, on_step=kill)
+    between()
+    return trainer.train(cfg, resume="latest")
+
+
 def test_kill_and_resume_reproduce_the_uninterrupted_run(tmp_path, tiny_shop):
     """... the dev sub-corpus included: chosen once, the same in every evaluation, after a resume too."""
     bounded = dict(save_every=3, eval_every=4, eval_corpus_size=60)
     full = trainer.train(config(tmp_path / "a", tiny_shop, **bounded))
 
-    class Killed(Exception):
-        pass
-
-    def kill_at_7(step):
-        if step == 7:
-            raise Killed
-
     cfg = config(tmp_path / "b", tiny_shop, **bounded)
-    with pytest.raises(Killed):
-        trainer.train(cfg, on_step=kill_at_7)
-    chosen = (tmp_path / "b" / "run" / "eval" / "dev-subcorpus.txt").read_text()
-    resumed = trainer.train(cfg, resume="latest")  # continues from the step-6 state
+    chosen_before_resume = []
+    resumed = _killed_and_resumed(cfg, 7, lambda: chosen_before_resume.append(
+        (tmp_path / "b" / "run" / "eval" / "dev-subcorpus.txt").read_text()))  # resumes from the step-6 state
+    chosen = chosen_before_resume[0]
     a, b = _final_weights(full.checkpoint), _final_weights(resumed.checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.steps == full.steps
@@ -256,14 +265,7 @@ def test_query_grouped_batches_train_and_resume_exactly(tmp_path, tiny_shop):
     sampler = trainer.QueryGroupedBatches.for_rows(rows, 4, "stratified")
     assert full.steps == 6 * len(sampler(len(rows), 32, 0, 0))
 
-    def stop_at_5(step):
-        if step == 5:
-            raise KeyboardInterrupt
-
-    cfg = config(tmp_path / "b", tiny_shop, **grouped)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(cfg, on_step=stop_at_5)
-    resumed = trainer.train(cfg, resume="latest")  # from the step-4 state
+    resumed = _killed_and_resumed(config(tmp_path / "b", tiny_shop, **grouped), 5)  # from the step-4 state
     a, b = _final_weights(full.checkpoint), _final_weights(resumed.checkpoint)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
