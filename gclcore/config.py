@@ -48,7 +48,7 @@ class TrainConfig:
     field_mode: str = "fused"               # fused | pairs | both
     weight_norm: str = "mean"               # none | mean | sum
     direction: float = 0.5                  # weight of the query->document term
-    duplicates: str = "negatives"           # negatives | mask | positives
+    duplicates: str = "negatives"           # in-batch targets: negatives | mask | positives | cwcl
     ranking_loss: str = "none"              # + a ranking term over each query's in-batch products: none | listnet | lambda
     ranking_weight: float = 1.0             # its weight beside the contrastive loss
     # batches (gclcore.batching)
@@ -179,7 +179,7 @@ _VALUE_RULES = {
 
 _CHOICES = {
     "freeze": ("auto", "trunks", "none"), "field_mode": ("fused", "pairs", "both"),
-    "weight_norm": ("none", "mean", "sum"), "duplicates": ("negatives", "mask", "positives"),
+    "weight_norm": ("none", "mean", "sum"), "duplicates": ("negatives", "mask", "positives", "cwcl"),
     "precision": ("auto", "fp32", "bf16", "fp16"), "pooling": ("mean", "cls"),
     "dist_backend": ("auto", "nccl", "gloo"), "eval_query_set": ("dev", "test", "sampled"),
     "missing_images": ("placeholder", "skip", "error"), "batching": ("random", "grouped"),

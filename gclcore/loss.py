@@ -19,7 +19,14 @@ Targets ``T`` / ``U`` depend on how in-batch pairs that share a query or a produ
   removed from that row's softmax (they are neither positive nor negative);
 - ``"positives"``: graded multi-positive targets: in row i, column j is a positive with weight ``w_j``
   if it shares i's query (the pair (q_i, d_j) is judged), or ``w_i`` if it shares i's product; each
-  row's targets are normalised to sum to 1.
+  row's targets are normalised to sum to 1;
+- ``"cwcl"``: continuous soft targets in the manner of CWCL (continuously weighted contrastive loss,
+  Srinivasa et al., NeurIPS 2023): in the query->document row i, column j is a positive to the degree
+  that the *queries* i and j are alike, ``T_ij = (1 + L_i . L_j) / 2``; in the document->query direction
+  ``U_ij = (1 + R_i . R_j) / 2`` from the documents. CWCL takes these similarities from a frozen
+  pretrained encoder; here they come from the embeddings being trained, detached (no gradient flows
+  through the targets), which at step 0 are the pretrained towers'. Rows are normalised to sum to 1;
+  ``T_ii = 1`` is the largest entry, and a pair sharing the row's query (or product) counts fully.
 
 With ``w == 1``, ``weight_norm="mean"``, ``direction=0.5`` and ``duplicates="negatives"`` this is exactly
 open_clip's ``ClipLoss`` (tested). The gradient w.r.t. row i's logits is ``w~_i (softmax(z_i) - T_i) / N``:
@@ -49,6 +56,7 @@ import torch.nn.functional as F
 from gclcore.fusion import Side
 
 Gather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
+DUPLICATES = ("negatives", "mask", "positives", "cwcl")
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -65,23 +73,32 @@ def normalise_weights(weights: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(f"weight_norm must be none, mean or sum, not {mode!r}")
 
 
+@torch.no_grad()
+def cwcl_targets(local: torch.Tensor, everyone: torch.Tensor) -> torch.Tensor:
+    """(n, N) CWCL soft targets of the n ``local`` unit embeddings over the N of the (global) batch:
+    ``(1 + a_i . b_j) / 2``, each row normalised to sum to 1; constants for autograd."""
+    similarity = (1 + local @ everyone.T) / 2
+    return similarity / similarity.sum(1, keepdim=True)
+
+
 class GCLLoss(nn.Module):
     """Weighted symmetric contrastive loss (see the module docstring for the formula and options).
 
     Args:
         weight_norm: ``"none"`` | ``"mean"`` | ``"sum"``.
         direction: weight ``a`` of the query->document term (0.5: symmetric; 1: query->document only).
-        duplicates: ``"negatives"`` | ``"mask"`` | ``"positives"``.
+        duplicates: the targets: ``"negatives"`` | ``"mask"`` | ``"positives"`` | ``"cwcl"``.
         gather: cross-rank gather (see :data:`Gather`); None for a single process.
     """
 
     def __init__(self, weight_norm: Literal["none", "mean", "sum"] = "mean", direction: float = 0.5,
-                 duplicates: Literal["negatives", "mask", "positives"] = "negatives", gather: Gather | None = None):
+                 duplicates: Literal["negatives", "mask", "positives", "cwcl"] = "negatives",
+                 gather: Gather | None = None):
         super().__init__()
         if not 0.0 <= direction <= 1.0:
             raise ValueError("direction must be in [0, 1]")
-        if duplicates not in ("negatives", "mask", "positives"):
-            raise ValueError(f"duplicates must be negatives, mask or positives, not {duplicates!r}")
+        if duplicates not in DUPLICATES:
+            raise ValueError(f"duplicates must be one of {', '.join(DUPLICATES)}, not {duplicates!r}")
         normalise_weights(torch.ones(1), weight_norm)  # validates the mode
         self.weight_norm, self.direction, self.duplicates, self.gather = weight_norm, direction, duplicates, gather
 
@@ -94,7 +111,7 @@ class GCLLoss(nn.Module):
             query, doc: (N, d) L2-normalised embeddings of the pairs' two sides.
             logit_scale: scalar ``t`` (already exponentiated, as open_clip's ``logit_scale.exp()``).
             weights: (N,) pair weights (STW output); None means all ones.
-            query_ids, doc_ids: (N,) integer ids, needed unless ``duplicates="negatives"``.
+            query_ids, doc_ids: (N,) integer ids, needed for ``duplicates="mask"`` and ``"positives"``.
         """
         n = query.shape[0]
         query, doc = _at_least_float32(query), _at_least_float32(doc)
@@ -115,6 +132,8 @@ class GCLLoss(nn.Module):
         rows = torch.arange(n, device=query.device) + offset
         if self.duplicates == "negatives":
             targets_lr = targets_rl = None
+        elif self.duplicates == "cwcl":
+            targets_lr, targets_rl = cwcl_targets(query, all_query), cwcl_targets(doc, all_doc)
         else:
             if query_ids is None or doc_ids is None:
                 raise ValueError(f"duplicates={self.duplicates!r} needs query_ids and doc_ids")

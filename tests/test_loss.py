@@ -86,6 +86,43 @@ def test_positives_use_graded_multi_positive_targets():
     assert got.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
+def test_cwcl_soft_targets_on_a_hand_built_batch():
+    # three 2-d unit vectors at known angles: query-query and document-document cosines are exact
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+    r = torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    w, scale = torch.tensor([2.0, 1.0, 3.0], dtype=torch.float64), torch.tensor(3.0, dtype=torch.float64)
+    got = GCLLoss(duplicates="cwcl", direction=0.25, weight_norm="none")(q, r, scale, w)
+    # T_ij = (1 + q_i.q_j)/2: q0.q1 = 0, q0.q2 = -1, q1.q2 = 0  ->  rows (1, .5, 0), (.5, 1, .5), (0, .5, 1)
+    t_q = np.array([[1, .5, 0], [.5, 1, .5], [0, .5, 1]])
+    # U_ij = (1 + r_i.r_j)/2: r0.r1 = .6, r0.r2 = -.8, r1.r2 = 0  ->  rows (1, .8, .1), (.8, 1, .5), (.1, .5, 1)
+    t_r = np.array([[1, .8, .1], [.8, 1, .5], [.1, .5, 1]])
+    qn, rn = q.numpy(), r.numpy()
+
+    def direction(logits, targets):
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        return -((targets / targets.sum(1, keepdims=True)) * log_p).sum(1)
+
+    expected = (0.25 * (w.numpy() * direction(3 * qn @ rn.T, t_q)).sum()
+                + 0.75 * (w.numpy() * direction(3 * rn @ qn.T, t_r)).sum()) / 3
+    assert got.item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_cwcl_gradient_is_the_closed_form_with_constant_targets():
+    """dL/dz = a diag(w~)(P - T)/N per direction, chained through z = t Q D^T: the targets carry no gradient."""
+    q, r = batch(n=6, d=5, seed=3, dtype=torch.float64)
+    q.requires_grad_(True)
+    r.requires_grad_(True)
+    w, t, a = torch.linspace(0.5, 2.0, 6, dtype=torch.float64), 4.0, 0.3
+    GCLLoss(duplicates="cwcl", direction=a)(q, r, torch.tensor(t, dtype=torch.float64), w).backward()
+    with torch.no_grad():
+        w_norm = (w / w.mean())[:, None]
+        targets_lr, targets_rl = (1 + q @ q.T) / 2, (1 + r @ r.T) / 2
+        g_lr = a * w_norm * (torch.softmax(t * q @ r.T, 1) - targets_lr / targets_lr.sum(1, keepdim=True)) / 6
+        g_rl = (1 - a) * w_norm * (torch.softmax(t * r @ q.T, 1) - targets_rl / targets_rl.sum(1, keepdim=True)) / 6
+        torch.testing.assert_close(q.grad, t * (g_lr @ r + g_rl.T @ r))
+        torch.testing.assert_close(r.grad, t * (g_lr.T @ q + g_rl @ q))
+
+
 def test_directions_and_weight_norms():
     q, r = batch()
     scale, w = torch.tensor(6.0), torch.linspace(0.5, 2.0, 8)
@@ -105,7 +142,7 @@ def test_two_rank_gather_equals_the_full_batch():
     q, r = batch(n=8)
     w, qids, dids = torch.linspace(0.2, 3.0, 8), torch.tensor([0, 0, 1, 2, 3, 3, 4, 5]), torch.arange(8)
     scale = torch.tensor(9.0)
-    for duplicates in ("negatives", "mask", "positives"):
+    for duplicates in ("negatives", "mask", "positives", "cwcl"):
         full = GCLLoss(duplicates=duplicates)(q, r, scale, w, qids, dids)
         ranks = []
         for rank in (0, 1):
