@@ -198,6 +198,109 @@ def paired_significance(frame: pd.DataFrame, method: str, baseline: str, metrics
     return pd.DataFrame(rows).set_index("metric")
 
 
+def seed_table(runs_dir: str | os.PathLike, groups: dict[str, list[str]],
+               metrics: dict[str, str] = PAPER_METRICS) -> pd.DataFrame:
+    """Mean and sample standard deviation over each group's runs (one configuration, several seeds) of the
+    test summaries: rows = group labels, columns = (split, metric, ``mean`` | ``sd``)."""
+    long = pd.concat([results(runs_dir, names).assign(group=label) for label, names in groups.items()],
+                     ignore_index=True)
+    stats = long.groupby(["group", "name"], sort=False)[list(metrics)].agg(["mean", "std"])
+    stats = stats.rename(columns={"std": "sd"}).stack(level=0, future_stack=True).unstack("name")
+    splits = [SPLIT_NAMES[s] for s in SPLIT_STEMS if SPLIT_NAMES[s] in long["name"].values]
+    stats.index = stats.index.set_names(["group", "metric"])
+    table = stats.unstack("metric").reorder_levels([1, 2, 0], axis=1)
+    columns = pd.MultiIndex.from_product([splits, list(metrics), ["mean", "sd"]])
+    return table.reindex(index=list(groups), columns=columns).rename(columns=metrics, level=1)
+
+
+def mean_sd(table: pd.DataFrame, decimals: int = 3) -> pd.DataFrame:
+    """:func:`seed_table` as text, one ``mean ± sd`` cell per (split, metric)."""
+    cells = {column[:2]: table[column[:2] + ("mean",)].map(lambda v: f"{v:.{decimals}f}") + " ± "
+             + table[column[:2] + ("sd",)].map(lambda v: f"{v:.{decimals}f}")
+             for column in table.columns if column[2] == "mean"}
+    return pd.DataFrame(cells, index=table.index)
+
+
+def seed_mean_per_query(runs_dir: str | os.PathLike, groups: dict[str, list[str]], split: str,
+                        metrics=("NDCG@10", "ERR")) -> pd.DataFrame:
+    """Per-query metrics on ``split`` (stem) averaged over each group's runs (seeds), in :func:`per_query`'s
+    long format with ``run`` = the group label. Runs of one group that evaluated different queries are an
+    error (the seeds would not be paired)."""
+    frames = []
+    for label, names in groups.items():
+        wide = per_query(runs_dir, names, split).pivot_table(index="query", columns="run", values=list(metrics))
+        if wide.isna().any().any():
+            raise ValueError(f"the runs of {label!r} ({', '.join(names)}) evaluated different queries on {split}")
+        frames.append(wide.T.groupby(level=0).mean().T.reset_index().assign(run=label))
+    return pd.concat(frames, ignore_index=True)
+
+
+def significance(runs_dir: str | os.PathLike, groups: dict[str, list[str]], comparisons: list[tuple[str, str]],
+                 metrics=("NDCG@10", "ERR"), level: float = 0.95, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """Paired tests of each ``(method, baseline)`` group pair on every split and metric, over the queries
+    (each query's metric averaged over a group's seeds, :func:`seed_mean_per_query`): the rows of
+    :func:`paired_significance` plus ``p (Holm)``, the randomisation p-values adjusted together over the
+    whole table (every comparison x split x metric is one family), and ``significant`` = ``p (Holm) <=
+    alpha``. One row per (comparison, split, metric)."""
+    from gclcore import stats
+
+    some_run = next(iter(groups.values()))[0]
+    stems = [s for s in SPLIT_STEMS if (Path(runs_dir) / some_run / "test" / s / "per_query.csv").exists()]
+    rows = []
+    for stem in stems:
+        frame = seed_mean_per_query(runs_dir, groups, stem, metrics)
+        for method, baseline in comparisons:
+            table = paired_significance(frame, method, baseline, metrics, level, seed).reset_index()
+            rows.append(table.assign(comparison=f"{method} vs {baseline}", split=SPLIT_NAMES[stem]))
+    table = pd.concat(rows, ignore_index=True)
+    table["p (Holm)"] = stats.holm(table["p (randomisation)"])
+    table["significant"] = table["p (Holm)"] <= alpha
+    first = ["comparison", "split", "metric"]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
+def significance_marks(table: pd.DataFrame, decimals: int = 3) -> pd.DataFrame:
+    """:func:`significance` as the book shows it: rows = comparisons, columns = (split, metric), cells
+    ``+0.012 [+0.004, +0.020] *`` (mean difference, its interval, ``*`` when significant after Holm)."""
+    low, high = [c for c in table.columns if c.endswith("CI low") or c.endswith("CI high")]
+
+    def cell(row):
+        mark = " *" if row["significant"] else ""
+        return f"{row['mean difference']:+.{decimals}f} [{row[low]:+.{decimals}f}, {row[high]:+.{decimals}f}]{mark}"
+
+    cells = table.assign(cell=table.apply(cell, axis=1))
+    wide = cells.pivot_table(index="comparison", columns=["split", "metric"], values="cell", aggfunc="first", sort=False)
+    splits = list(dict.fromkeys(table["split"]))
+    metrics = list(dict.fromkeys(table["metric"]))
+    return wide.reindex(index=list(dict.fromkeys(table["comparison"])),
+                        columns=pd.MultiIndex.from_product([splits, metrics]))
+
+
+def plot_query_scatter(runs_dir: str | os.PathLike, groups: dict[str, list[str]], method: str, baseline: str,
+                       metric: str = "NDCG@10"):
+    """One panel per split: each query's ``metric`` under ``baseline`` (x) and ``method`` (y), averaged over
+    each group's seeds; points above the diagonal are queries the method improves."""
+    import matplotlib.pyplot as plt
+
+    some_run = groups[method][0]
+    stems = [s for s in SPLIT_STEMS if (Path(runs_dir) / some_run / "test" / s / "per_query.csv").exists()]
+    fig, axes = plt.subplots(1, len(stems), figsize=(3.6 * len(stems), 4.2), squeeze=False)
+    for ax, stem in zip(axes[0], stems):
+        frame = seed_mean_per_query(runs_dir, {method: groups[method], baseline: groups[baseline]}, stem, (metric,))
+        wide = frame.pivot_table(index="query", columns="run", values=metric)
+        x, y = wide[baseline], wide[method]
+        colour = np.where(y > x + 1e-9, "tab:green", np.where(y < x - 1e-9, "tab:red", "grey"))
+        ax.scatter(x, y, s=6, alpha=0.5, c=colour, linewidths=0)
+        ax.plot([0, 1], [0, 1], color="black", lw=0.8)
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel=baseline, ylabel=method if ax is axes[0, 0] else "",
+               title=f"{SPLIT_NAMES[stem]}: {int((y > x + 1e-9).sum())} up, {int((y < x - 1e-9).sum())} down")
+        ax.title.set_fontsize(10)
+        ax.set_aspect("equal")
+    fig.suptitle(f"per-query {metric} (each query's mean over seeds): {method} against {baseline}")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    return fig
+
+
 def plot_ranking_examples(data_dir: str | os.PathLike, image_root: str | os.PathLike, runs_dir: str | os.PathLike,
                           names: list[str], split: str, query: str | None = None, n: int = 6, seed: int = 0):
     """A query's top-n results under each run (rows), with each result's grade (0 = not judged)."""

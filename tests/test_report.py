@@ -108,3 +108,64 @@ def test_paired_significance_over_shared_queries():
     assert row["95% CI low"] < row["mean difference"] < row["95% CI high"] and row["p (randomisation)"] < 0.001
     with pytest.raises(ValueError, match="1 queries were evaluated by only one of 'gcl' and 'clip'"):
         report.paired_significance(frame.iloc[1:], "gcl", "clip", metrics=("NDCG@10",))
+
+
+def _seeded_runs(root, values):
+    """Fake run directories: ``values[run][stem]`` = per-query NDCG@10 / ERR arrays over queries q0..qn."""
+    for run, splits in values.items():
+        rows = []
+        for stem, (ndcg, err) in splits.items():
+            split_dir = root / run / "test" / stem
+            split_dir.mkdir(parents=True)
+            pd.DataFrame({"query": [f"q{i}" for i in range(len(ndcg))], "NDCG@10": ndcg, "ERR": err}).to_csv(
+                split_dir / "per_query.csv", index=False)
+            rows.append({"split": stem, "name": report.SPLIT_NAMES[stem], "NDCG@10": ndcg.mean(), "mERR": err.mean(),
+                         "mRBP9": 0.5})
+        pd.DataFrame(rows).to_csv(root / run / "test" / "results.csv", index=False)
+
+
+def test_seed_tables_and_significance_over_seed_means(tmp_path):
+    import scipy.stats
+
+    from gclcore import stats
+
+    rng = np.random.default_rng(5)
+    stems = report.SPLIT_STEMS[:2]
+    base = {stem: rng.random(40) for stem in stems}
+    values = {}
+    for seed in range(3):
+        values[f"clip-{seed}"] = {s: (base[s] + rng.normal(0, 0.01, 40), base[s] / 2 + rng.normal(0, 0.01, 40))
+                                  for s in stems}
+        values[f"gcl-{seed}"] = {s: (base[s] + 0.1 + rng.normal(0, 0.01, 40), base[s] / 2 + rng.normal(0, 0.01, 40))
+                                 for s in stems}
+    _seeded_runs(tmp_path, values)
+    groups = {"clip": [f"clip-{s}" for s in range(3)], "gcl": [f"gcl-{s}" for s in range(3)]}
+
+    table = report.seed_table(tmp_path, groups)
+    split = report.SPLIT_NAMES[stems[0]]
+    gcl_means = [values[f"gcl-{s}"][stems[0]][0].mean() for s in range(3)]
+    assert table.loc["gcl", (split, "nDCG@10", "mean")] == pytest.approx(np.mean(gcl_means))
+    assert table.loc["gcl", (split, "nDCG@10", "sd")] == pytest.approx(np.std(gcl_means, ddof=1))
+    assert report.mean_sd(table).loc["gcl", (split, "nDCG@10")] == (f"{np.mean(gcl_means):.3f} ± "
+                                                                     f"{np.std(gcl_means, ddof=1):.3f}")
+
+    sig = report.significance(tmp_path, groups, [("gcl", "clip")])
+    assert len(sig) == 4 and list(sig["split"].unique()) == [report.SPLIT_NAMES[s] for s in stems]
+    ndcg = sig[(sig["split"] == split) & (sig["metric"] == "NDCG@10")].iloc[0]
+    gcl = np.mean([values[f"gcl-{s}"][stems[0]][0] for s in range(3)], axis=0)
+    clip = np.mean([values[f"clip-{s}"][stems[0]][0] for s in range(3)], axis=0)
+    assert ndcg["mean difference"] == pytest.approx((gcl - clip).mean())
+    assert ndcg["p (paired t)"] == pytest.approx(scipy.stats.ttest_rel(gcl, clip).pvalue)
+    np.testing.assert_allclose(sig["p (Holm)"], stats.holm(sig["p (randomisation)"]))
+    # NDCG@10 is 0.1 higher everywhere; ERR differs by noise only: significant vs not
+    assert sig.loc[sig["metric"] == "NDCG@10", "significant"].all()
+    assert not sig.loc[sig["metric"] == "ERR", "significant"].any()
+    marks = report.significance_marks(sig)
+    assert marks.loc["gcl vs clip", (split, "NDCG@10")].endswith(" *")
+    assert not marks.loc["gcl vs clip", (split, "ERR")].endswith("*")
+
+    shifted = values["gcl-1"][stems[0]]
+    pd.DataFrame({"query": [f"x{i}" for i in range(40)], "NDCG@10": shifted[0], "ERR": shifted[1]}).to_csv(
+        tmp_path / "gcl-1" / "test" / stems[0] / "per_query.csv", index=False)
+    with pytest.raises(ValueError, match="the runs of 'gcl' .* evaluated different queries"):
+        report.significance(tmp_path, groups, [("gcl", "clip")])
