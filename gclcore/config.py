@@ -80,6 +80,7 @@ class TrainConfig:
     eval_corpus_size: int = 20_000          # in-training evaluation searches a fixed dev sub-corpus of this many
                                             # products (judged + sampled distractors); 0: the full corpus
     test_splits: str = ""                   # after training, the reference protocol on these splits ("all")
+    save_rankings: bool = True              # write each evaluated split's retrieval.json (top-k of every query)
     output_dir: str = "runs/default"
     feature_cache_dir: str = ""             # "" -> <data_dir>/.feature-cache
     resume: str = ""                        # "" | "latest" | path to a state file
@@ -214,7 +215,7 @@ RESUME_MAY_CHANGE = frozenset({
     "resume", "output_dir", "data_dir", "image_root", "hf_dir", "feature_cache_dir", "device", "dist_backend",
     "dist_timeout_min", "workers", "progress", "tensorboard", "log_every", "save_every", "save_every_minutes",
     "epoch_checkpoints", "eval_every", "test_splits", "epochs", "max_steps", "warmup_steps", "max_bad_images",
-    "max_bad_steps"})
+    "max_bad_steps", "save_rankings"})
 """Fields a resumed run may change (where things are, how it reports and saves, how long it runs: the
 default full fine-tuning warm-up follows the run's length); any other difference means another run, and
 resuming refuses it (:meth:`TrainConfig.resume_conflicts`)."""

@@ -237,7 +237,8 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
                    top_q: int = 2000, top_k: int = 1000, query_set: str = "sampled",
                    ks: tuple[int, ...] | None = None, cache_dir: str | os.PathLike | None | bool = None,
                    progress: bool = True, corpus_subset: np.ndarray | None = None,
-                   search_device: str | None = None, max_bad_images: float = DEFAULT_MAX_BAD) -> SplitResult:
+                   search_device: str | None = None, max_bad_images: float = DEFAULT_MAX_BAD,
+                   save_rankings: bool = True) -> SplitResult:
     """Evaluate one split (a CSV stem or HF split name) and write the reference outputs to ``output_dir``.
 
     ``data`` is a dataset folder or a :class:`gclcore.data.Dataset`; ``image_root`` (with a folder) is
@@ -250,6 +251,9 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     products, as if the corpus held just them: not the published protocol, a bounded in-training check.
     Missing or unreadable images are embedded as grey placeholders, counted in ``output.json`` and warned
     about; more than ``max_bad_images`` of them (a fraction) stops the evaluation with an error instead.
+    ``save_rankings=False`` leaves out ``retrieval.json`` (every query's top ``top_k`` products with their
+    scores: the largest file, ~40 MB per 1,000 queries, needed only to recompute the metrics with
+    ``--metric-only`` or to show ranked examples); the metrics are the same.
     """
     if top_k < 1 or (top_q < 1 and top_q != -1):
         raise ValueError(f"top_k must be >= 1 and top_q >= 1 (or -1: every query), not top_k={top_k}, top_q={top_q}")
@@ -304,9 +308,9 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
         scores, index = exact_topk(query_emb, corpus_emb, top_k, progress=progress, device=search_device)
     timings["search_s"] = time.perf_counter() - t2
     doc_ids = corpus["product_id"].astype(str).to_numpy()
-    run = {key: dict(zip(doc_ids[index[i]].tolist(), scores[i].astype(np.float64).tolist()))
-           for i, key in enumerate(sampled)}
-    _write_json(out / "retrieval.json", run)
+    if save_rankings:
+        _write_json(out / "retrieval.json", {key: dict(zip(doc_ids[index[i]].tolist(), scores[i].astype(np.float64).tolist()))
+                                             for i, key in enumerate(sampled)})
 
     t3 = time.perf_counter()
     position = pd.Series(np.arange(len(doc_ids)), index=doc_ids)

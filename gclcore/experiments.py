@@ -89,7 +89,8 @@ def execute(cfg: TrainConfig):
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     return evaluate(BM25Retriever(), cfg.data_dir, out / "test", cfg.test_splits, image_root=cfg.image_root or None,
                     lhs_fields=parse_fields(cfg.lhs_fields), rhs_fields=parse_fields(cfg.rhs_fields),
-                    top_q=cfg.eval_top_q, top_k=cfg.eval_top_k, cache_dir=False, progress=False)
+                    top_q=cfg.eval_top_q, top_k=cfg.eval_top_k, cache_dir=False, progress=False,
+                    save_rankings=cfg.save_rankings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -220,7 +220,7 @@ class DevEvaluation:
                                     Path(cfg.output_dir) / "eval" / f"step-{state.step:06d}", lhs_fields=self.lhs,
                                     rhs_fields=self.rhs, top_q=cfg.eval_top_q, top_k=cfg.eval_top_k, query_set=cfg.eval_query_set,
                                     cache_dir=False, progress=False, corpus_subset=self.subset,
-                                    max_bad_images=cfg.max_bad_images)
+                                    max_bad_images=cfg.max_bad_images, save_rankings=cfg.save_rankings)
             self.log.append({"step": state.step, "epoch": state.epoch, **self.sizes,
                              **{f"eval/{k}": v for k, v in result.metrics.items()}})
         distributed.barrier(self.ctx)
@@ -233,7 +233,8 @@ class DevEvaluation:
         self.towers.model.eval()
         return evaluate(self.towers.eval_encoder, self.dataset, Path(cfg.output_dir) / "test", cfg.test_splits,
                         lhs_fields=self.lhs, rhs_fields=self.rhs, top_q=cfg.eval_top_q, top_k=cfg.eval_top_k,
-                        cache_dir=False, progress=False, max_bad_images=cfg.max_bad_images)
+                        cache_dir=False, progress=False, max_bad_images=cfg.max_bad_images,
+                        save_rankings=cfg.save_rankings)
 
 
 def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, **overrides) -> TrainResult:

@@ -97,6 +97,11 @@ def test_outputs_match_an_independent_metric_pass(tiny_shop, tmp_path):
     assert output["summary"]["mAP@50"] == [result.metrics["MAP@50"]] and output["gclcore"]["top_k"] == 50
     assert len(pd.read_csv(tmp_path / "per_query.csv")) == len(qrels)
 
+    lean = evaluate.evaluate_split(enc, tiny_shop, "in_domain", tmp_path / "lean", image_root=tiny_shop / "images",
+                                   rhs_fields=(Field("image_local", 0.9), Field("title", 0.1)), top_k=50,
+                                   progress=False, save_rankings=False)
+    assert not (tmp_path / "lean" / "retrieval.json").exists() and lean.metrics == result.metrics
+
 
 def test_query_sample_and_caches_are_reused_but_never_stale(tiny_shop, tmp_path):
     enc = HashEncoder()
