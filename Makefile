@@ -44,7 +44,7 @@ HTML_DIR   ?= book
 # training overrides for every run, e.g. RUN_OVERRIDES="epochs=2 batch_size=64"
 RUN_OVERRIDES ?=
 
-NOTEBOOKS  := 01_explore_data 02_multi_split 03_train 04_evaluate 05_paper_tables 06_reproduce
+NOTEBOOKS  := 01_explore_data 02_multi_split 03_train 04_evaluate 05_paper_tables 06_reproduce 07_beyond_paper
 EXECUTED   := $(NOTEBOOKS:%=$(STAGE)/%.ipynb)
 PAGES      := $(wildcard book/*.md)
 GCLCORE    := $(wildcard gclcore/*.py gclcore/*/*.py gclcore/model_configs/*.json)
@@ -62,6 +62,7 @@ NB_PARAMS_03_train         := data_dir image_root model pretrained experiments_f
 NB_PARAMS_04_evaluate      := data_dir image_root model pretrained experiments_file runs_dir
 NB_PARAMS_05_paper_tables  := data_dir image_root model pretrained experiments_file runs_dir expected_file expected_key
 NB_PARAMS_06_reproduce     := data_dir image_root test_csv corpus checkpoints architecture expected_file
+NB_PARAMS_07_beyond_paper  := data_dir image_root model pretrained experiments_file runs_dir
 NB_VALUE_data_dir          := $(abspath $(DATA_DIR))
 # the default <data_dir>/images only when it exists (a parquet dataset has its images inside)
 NB_VALUE_image_root        := $(if $(or $(filter-out file,$(origin IMAGE_ROOT)),$(wildcard $(IMAGE_ROOT))),$(abspath $(IMAGE_ROOT)))
@@ -132,6 +133,7 @@ $(STAGE)/runs/.done: $(EXPERIMENTS) $(GCLCORE) $(DATA_STAMP) $(STAGE)/03_train.i
 $(STAGE)/03_train.ipynb: $(EXPERIMENTS)
 $(STAGE)/04_evaluate.ipynb: $(STAGE)/runs/.done
 $(STAGE)/05_paper_tables.ipynb: $(STAGE)/runs/.done book/expected.yaml
+$(STAGE)/07_beyond_paper.ipynb: $(STAGE)/runs/.done
 
 $(STAGE)/%.md: book/%.md
 	@mkdir -p $(STAGE)

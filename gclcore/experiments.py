@@ -66,6 +66,21 @@ def ensure_runs(spec: dict, names: list[str], runs_dir: str | Path, overrides: d
     return missing
 
 
+def ensure_chapter_runs(spec: dict, names: list[str], runs_dir: str | Path, data_dir: str = "", image_root: str = "",
+                        model: str = "default", pretrained: str = "") -> list[str]:
+    """:func:`ensure_runs` with a chapter's parameters: the data folder ("" -> the embedded shop, generated
+    on first use), image root and weights are resolved only when a run is missing, so a chapter that reads
+    finished runs needs no data."""
+    if all((Path(runs_dir) / name / "test" / "results.csv").exists() for name in names):
+        return []
+    from gclcore import paths
+    from gclcore.models import resolve_pretrained
+
+    data_dir = paths.resolve_data_dir(data_dir)
+    return ensure_runs(spec, names, runs_dir, {"data_dir": data_dir, "image_root": paths.resolve_image_root(image_root, data_dir),
+                                               "model": model, "pretrained": resolve_pretrained(model, pretrained)})
+
+
 def execute(cfg: TrainConfig):
     """Train and test one run (:func:`gclcore.train.train`); returns its test table (``test/results.csv``).
 

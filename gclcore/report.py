@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -196,6 +197,15 @@ def paired_significance(frame: pd.DataFrame, method: str, baseline: str, metrics
                      f"{level:.0%} CI low": low, f"{level:.0%} CI high": high, "p (paired t)": stats.paired_t(a, b)[1],
                      "p (randomisation)": stats.randomization_p(a, b, seed=seed)})
     return pd.DataFrame(rows).set_index("metric")
+
+
+def seed_groups(names: list[str]) -> dict[str, list[str]]:
+    """Runs grouped by configuration: ``name-seedN`` joins the group ``name`` (the run of seed 0 carries no
+    suffix), in the order the groups first appear."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(re.sub(r"-seed\d+$", "", name), []).append(name)
+    return groups
 
 
 def seed_table(runs_dir: str | os.PathLike, groups: dict[str, list[str]],

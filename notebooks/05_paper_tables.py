@@ -42,17 +42,12 @@ import yaml
 from IPython.display import Markdown, display
 
 from gclcore import experiments, paths, report
-from gclcore.models import resolve_pretrained
 
 spec = experiments.load(paths.resolve_book_file(experiments_file, "experiments.yaml"))
 expected = yaml.safe_load(paths.resolve_book_file(expected_file, "expected.yaml").read_text())
 runs_dir = paths.resolve_runs_dir(runs_dir)
 every_run = list(dict.fromkeys(name for names in spec["tables"].values() for name in names))
-if any(not (runs_dir / name / "test" / "results.csv").exists() for name in every_run):
-    data_dir = paths.resolve_data_dir(data_dir)  # only resolved (generated) when a run must be trained
-    experiments.ensure_runs(spec, every_run, runs_dir, {
-        "data_dir": data_dir, "image_root": paths.resolve_image_root(image_root, data_dir), "model": model,
-        "pretrained": resolve_pretrained(model, pretrained)})
+experiments.ensure_chapter_runs(spec, every_run, runs_dir, data_dir, image_root, model, pretrained)
 published = pd.DataFrame(expected["published"]["in_domain_multimodal"]).set_index("method")
 display(Markdown(f"**Published** ({expected['published']['source']}): in-domain, GSFull-10M, RBP's p unpublished."))
 published

@@ -140,6 +140,8 @@ def test_seed_tables_and_significance_over_seed_means(tmp_path):
                                  for s in stems}
     _seeded_runs(tmp_path, values)
     groups = {"clip": [f"clip-{s}" for s in range(3)], "gcl": [f"gcl-{s}" for s in range(3)]}
+    assert report.seed_groups(["gcl", "clip", "gcl-seed1", "clip-seed2", "gcl-seed12", "seed3"]) == {
+        "gcl": ["gcl", "gcl-seed1", "gcl-seed12"], "clip": ["clip", "clip-seed2"], "seed3": ["seed3"]}
 
     table = report.seed_table(tmp_path, groups)
     split = report.SPLIT_NAMES[stems[0]]
