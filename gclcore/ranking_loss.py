@@ -23,12 +23,20 @@ gains ``g_j`` = the pairs' score-to-weight values (larger = ranked higher by the
 The term is the mean of ``l_q`` over the batch's queries with two or more products (0 when there are none,
 as in a random batch that holds no two products of one query). Queries are matched by the integer
 ``query_ids`` the trainer passes (the same that ``duplicates`` uses).
+
+Across ranks (``gather``, as :class:`gclcore.loss.GCLLoss`'s): the groups are formed over the global batch,
+so a query whose products the shard split between two ranks still counts once, whole; each rank adds the
+groups whose first row is its own, scaled by ``W / Q`` (W ranks, Q groups in the global batch), so that
+the ranks' terms sum to W times the global term, as the contrastive loss's do (the gather's backward sums
+every rank's gradient and the trainer averages over ranks).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from gclcore.loss import Gather
 
 RANKING_LOSSES = ("none", "listnet", "lambda")
 
@@ -48,20 +56,30 @@ def query_groups(query_ids: torch.Tensor) -> torch.Tensor:
 
 
 def ranking_loss(kind: str, query: torch.Tensor, doc: torch.Tensor, logit_scale: torch.Tensor,
-                 gains: torch.Tensor, query_ids: torch.Tensor) -> torch.Tensor:
+                 gains: torch.Tensor, query_ids: torch.Tensor, gather: Gather | None = None) -> torch.Tensor:
     """The ``kind`` term (``"listnet"`` or ``"lambda"``) of a batch: (N, d) unit ``query`` / ``doc`` embeddings,
-    scalar ``logit_scale`` (exponentiated), (N,) ``gains`` (STW weights) and ``query_ids``."""
+    scalar ``logit_scale`` (exponentiated), (N,) ``gains`` (STW weights) and ``query_ids``; ``gather``: the
+    cross-rank gather (module docstring), None for one process."""
     if kind not in RANKING_LOSSES[1:]:
         raise ValueError(f"ranking loss {kind!r}: choose from {', '.join(RANKING_LOSSES[1:])}")
+    local_rows = len(query_ids)
+    if gather is not None:
+        (query, offset), doc, gains, query_ids = gather(query), gather(doc)[0], gather(gains)[0], gather(query_ids)[0]
     groups = query_groups(query_ids)
-    if groups.numel() == 0:
+    if groups.numel() == 0:  # no query has two products in the (global) batch: the same on every rank
         return torch.zeros((), device=query.device, dtype=query.dtype)
+    per_group = 1 / len(groups)
+    if gather is not None:
+        per_group *= len(query_ids) / local_rows                     # W / Q
+        groups = groups[(groups[:, 0] >= offset) & (groups[:, 0] < offset + local_rows)]
+        if len(groups) == 0:  # still part of the graph: every rank's gather must run its backward
+            return 0 * (query.sum() + doc.sum())
     member = groups >= 0
     safe = groups.clamp_min(0)
     scores = logit_scale * (query[safe[:, 0]].unsqueeze(1) * doc[safe]).sum(-1)      # (Q, K)
     gain = torch.where(member, gains.to(scores.dtype)[safe], torch.zeros_like(scores))
     per_query = listnet(scores, gain, member) if kind == "listnet" else lambda_pairwise(scores, gain, member)
-    return per_query.mean()
+    return per_query.sum() * per_group
 
 
 def listnet(scores: torch.Tensor, gains: torch.Tensor, member: torch.Tensor) -> torch.Tensor:

@@ -112,7 +112,7 @@ class PairObjective:
         self.qids, self.dids = torch.tensor(rows["qid"].to_numpy()), torch.tensor(rows["did"].to_numpy())
         self.present = {f.name: torch.tensor(rows[f.name].notna().to_numpy()) for f in lhs + rhs}
         self.loss = GCLLoss(cfg.weight_norm, cfg.direction, cfg.duplicates, gather=gather)
-        self.ranking, self.ranking_weight = cfg.ranking_loss, cfg.ranking_weight
+        self.ranking, self.ranking_weight, self.gather = cfg.ranking_loss, cfg.ranking_weight, gather
 
     def __call__(self, embedded: dict[str, torch.Tensor], index: np.ndarray,
                  logit_scale_grad: bool = True) -> torch.Tensor:
@@ -132,7 +132,8 @@ class PairObjective:
                                 doc_ids=self.dids[idx].to(dev))
         if self.ranking == "none":
             return loss
-        return loss + self.ranking_weight * ranking_loss(self.ranking, query.fused(), doc.fused(), scale, weights, qids)
+        return loss + self.ranking_weight * ranking_loss(self.ranking, query.fused(), doc.fused(), scale, weights, qids,
+                                                         self.gather)
 
 
 def train_step(towers: Towers, objective: PairObjective, batch, optimizer: torch.optim.Optimizer,

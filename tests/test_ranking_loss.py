@@ -63,3 +63,39 @@ def test_the_term_averages_the_queries_with_two_or_more_products(kind):
     assert single.item() == 0                                # no query with two products: nothing to rank
     with pytest.raises(ValueError, match="ranking loss 'pairs'"):
         ranking_loss("pairs", query, doc, scale, gains, ids)
+
+
+@pytest.mark.parametrize("kind", ["listnet", "lambda"])
+def test_two_rank_gather_equals_the_full_batch_with_a_query_split_between_ranks(kind):
+    """Rows 0-3 on rank 0, 4-7 on rank 1; query 2 has rows on both. Each rank's term over the gathered batch,
+    averaged as the trainer averages gradients, gives the single-process value and gradients."""
+    g = torch.Generator().manual_seed(4)
+    query = torch.nn.functional.normalize(torch.randn(8, 5, generator=g, dtype=torch.float64), dim=1)
+    doc = torch.nn.functional.normalize(torch.randn(8, 5, generator=g, dtype=torch.float64), dim=1)
+    ids = torch.tensor([1, 1, 2, 2, 2, 3, 4, 4])
+    gains = torch.tensor([1.0, 0.3, 0.9, 0.2, 0.6, 1.0, 0.5, 0.8], dtype=torch.float64)
+    scale = torch.tensor(5.0, dtype=torch.float64)
+    full_q, full_d = query.clone().requires_grad_(True), doc.clone().requires_grad_(True)
+    full = ranking_loss(kind, full_q, full_d, scale, gains, ids)
+    full.backward()
+    split_q, split_d = query.clone().requires_grad_(True), doc.clone().requires_grad_(True)
+    ranks = []
+    for rank in (0, 1):
+        local = slice(4 * rank, 4 * rank + 4)
+        sliced = [split_q[local], split_d[local], gains[local], ids[local]]
+        lookup = {id(t): whole for t, whole in zip(sliced, (split_q, split_d, gains, ids))}
+        ranks.append(ranking_loss(kind, sliced[0], sliced[1], scale, sliced[2], sliced[3],
+                                  gather=lambda t, rank=rank, lookup=lookup: (lookup[id(t)], 4 * rank)))
+    averaged = (ranks[0] + ranks[1]) / 2
+    averaged.backward()
+    assert averaged.item() == pytest.approx(full.item(), abs=1e-12)
+    torch.testing.assert_close(split_q.grad, full_q.grad)
+    torch.testing.assert_close(split_d.grad, full_d.grad)
+
+    def rank_1_of_two(t):
+        """This rank holds queries 9 and 10 (rows 2, 3); rank 0 holds two rows of query 5."""
+        return (torch.tensor([5, 5, 9, 10]) if t.dtype == torch.long else torch.cat([t, t])), 2
+
+    # a rank holding no group's first row still returns a term connected to its embeddings
+    lone = ranking_loss(kind, split_q[6:], split_d[6:], scale, gains[6:], torch.tensor([9, 10]), gather=rank_1_of_two)
+    assert lone.item() == 0 and lone.requires_grad

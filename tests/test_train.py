@@ -287,11 +287,9 @@ def _rank_errors(stderr: str) -> str:
     return "\n".join(own[-60:]) + "\n---\n" + stderr[-2000:]
 
 
-def test_two_ranks_under_torchrun_follow_the_single_process_run(tmp_path, tiny_shop):
-    """torchrun, 2 CPU ranks on gloo, batch 16 each == one process, batch 32: the same global batches,
-    cross-rank negatives and averaged gradients give the same weights, losses and evaluation."""
-    common = dict(epochs=2, stw="linear", rhs_fields="image_local=0.9,title=0.1", duplicates="mask",
-                  eval_top_k=20, save_every=3)
+def _single_and_two_ranks(tmp_path, tiny_shop, common: dict):
+    """Train ``common`` in one process with batch 32 and under torchrun on 2 gloo ranks with batch 16 each;
+    assert the same final weights, losses and steps; return the single run, the torchrun config and its log."""
     single = trainer.train(config(tmp_path / "one", tiny_shop, batch_size=32, **common))
     cfg = dataclasses.asdict(config(tmp_path / "two", tiny_shop, batch_size=16, **common))
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(cfg))
@@ -306,6 +304,16 @@ def test_two_ranks_under_torchrun_follow_the_single_process_run(tmp_path, tiny_s
     losses = [row["loss"] for row in log if "loss" in row]
     assert losses == pytest.approx(single.history["loss"].tolist(), rel=1e-4)
     assert [row["step"] for row in log if "loss" in row] == single.history["step"].tolist()
+    return single, cfg, log
+
+
+def test_two_ranks_under_torchrun_follow_the_single_process_run(tmp_path, tiny_shop):
+    """torchrun, 2 CPU ranks on gloo, batch 16 each == one process, batch 32: the same global batches,
+    cross-rank negatives and averaged gradients give the same weights, losses and evaluation."""
+    common = dict(epochs=2, stw="linear", rhs_fields="image_local=0.9,title=0.1", duplicates="mask",
+                  eval_top_k=20, save_every=3)
+    single, cfg, log = _single_and_two_ranks(tmp_path, tiny_shop, common)
+    out = Path(cfg["output_dir"])
     final = [row for row in log if "eval/NDCG@10" in row][-1]
     assert final["eval/NDCG@10"] == pytest.approx(single.evaluations["eval/NDCG@10"].iloc[-1], abs=1e-6)
     state = torch.load(out / "checkpoints" / "state-latest.pt", weights_only=False)
@@ -325,8 +333,17 @@ def test_two_ranks_under_torchrun_follow_the_single_process_run(tmp_path, tiny_s
     assert first.wait(timeout=120) != 0  # stopped mid-run, not finished
     done = subprocess.run(command + ["--set", "resume=latest"], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, _rank_errors(done.stderr)
-    resumed = _final_weights(tmp_path / "killed" / "model.pt")
-    assert all(torch.equal(b[k], resumed[k]) for k in b)
+    uninterrupted, resumed = _final_weights(out / "model.pt"), _final_weights(tmp_path / "killed" / "model.pt")
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+
+def test_grouped_batches_and_a_ranking_term_under_torchrun_follow_the_single_process_run(tmp_path, tiny_shop):
+    """Query-grouped batches (groups of 3: some straddle the two ranks' halves of a batch), graded
+    multi-positive targets and the LambdaRank term: 2 ranks x 16 == one process x 32."""
+    single, _, log = _single_and_two_ranks(tmp_path, tiny_shop, dict(
+        epochs=2, batching="grouped", products_per_query=3, within_query="stratified", duplicates="positives",
+        ranking_loss="lambda", eval_top_k=20))
+    assert single.steps > 0 and any(row.get("loss") for row in log)
 
 
 def test_full_towers_embed_text_fields_in_one_call_like_separate_calls(tiny_shop):
