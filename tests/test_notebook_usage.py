@@ -215,7 +215,7 @@ def test_07_beyond_paper_trains_its_missing_runs(kernel_env, elsewhere, tmp_path
     assert trained == set(BEYOND_RUNS) - set(MAIN_RUNS)
     assert "`clip-baseline` 2, `gcl-linear` 2, `beyond-grouped-lambda` 2" in text
     assert "beyond-grouped-lambda vs gcl-linear" in text and "gcl-linear vs clip-baseline" in text
-    assert re.search(r"\*\*`beyond-grouped-lambda`\*\* is ahead of `gcl-linear` in \d of 8", text)
+    assert re.search(r"\*\*`beyond-grouped-lambda`\*\* is ahead of `gcl-linear` in \d of 8 cells", text)
     assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) == 2  # the scatters
     config = json.loads((runs / "beyond-grouped-lambda-seed1" / "config.json").read_text())
     assert (config["batching"], config["ranking_loss"], config["seed"]) == ("grouped", "lambda", 1)
