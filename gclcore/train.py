@@ -28,6 +28,7 @@ import json
 import math
 import random
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,15 +228,19 @@ class DevEvaluation:
         distributed.barrier(self.ctx)
 
     def test(self) -> pd.DataFrame | None:
-        """The published protocol on ``test_splits`` after training (rank 0), into ``<run>/test/``."""
+        """The published protocol on ``test_splits`` after training (rank 0), into ``<run>/test/``.
+
+        Embeddings are cached for the length of the call only (keyed by the weights' digest), so splits that
+        search the same corpus (in-domain and novel-query; novel-document and zero-shot) embed it once."""
         cfg = self.cfg
         if not cfg.test_splits or not self.ctx.is_main:
             return None
         self.towers.model.eval()
-        return evaluate(self.towers.eval_encoder, self.dataset, Path(cfg.output_dir) / "test", cfg.test_splits,
-                        lhs_fields=self.lhs, rhs_fields=self.rhs, top_q=cfg.eval_top_q, top_k=cfg.eval_top_k,
-                        cache_dir=False, progress=False, max_bad_images=cfg.max_bad_images,
-                        save_rankings=cfg.save_rankings)
+        with tempfile.TemporaryDirectory(prefix="gcl-test-embeddings-") as cache:
+            return evaluate(self.towers.eval_encoder, self.dataset, Path(cfg.output_dir) / "test", cfg.test_splits,
+                            lhs_fields=self.lhs, rhs_fields=self.rhs, top_q=cfg.eval_top_q, top_k=cfg.eval_top_k,
+                            cache_dir=cache, progress=False, max_bad_images=cfg.max_bad_images,
+                            save_rankings=cfg.save_rankings)
 
 
 def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, **overrides) -> TrainResult:

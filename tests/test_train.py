@@ -154,6 +154,23 @@ def test_book_runs_save_once(tmp_path, tiny_shop):
     assert torch.load(result.output_dir / "checkpoints" / "state-latest.pt", weights_only=False)["step"] == result.steps
 
 
+def test_the_test_splits_embed_each_corpus_once_and_leave_no_cache(tmp_path, tiny_shop, monkeypatch):
+    from gclcore import evaluate
+
+    computed, cached = [], evaluate._cached
+
+    def counting(path, compute):
+        return cached(path, lambda: computed.append(path.name.split("-")[0] if path else "uncached") or compute())
+
+    monkeypatch.setattr(evaluate, "_cached", counting)
+    result = trainer.train(config(tmp_path, tiny_shop, epochs=1, eval_split="", test_splits="all", eval_top_k=10,
+                                  rhs_fields="title=1"))
+    corpora = {trainer.open_dataset(tiny_shop).corpus_digest(split) for split in result.test["split"]}
+    assert len(result.test) == 4 and len(corpora) == 2
+    assert computed.count("corpus") == 2 and computed.count("queries") == 4   # one per corpus, one per split
+    assert not list((result.output_dir / "test").rglob("*.pt"))
+
+
 def test_a_signal_stops_at_a_step_boundary_with_a_state_that_resumes_exactly(tmp_path, tiny_shop):
     """SIGINT (Ctrl-C, a notebook's stop) mid-run: the step finishes, the state is saved, TrainingInterrupted
     says how to continue, the handlers are given back; resume="latest" ends with the uninterrupted weights."""
