@@ -320,8 +320,12 @@ def plot_ranking_examples(data_dir: str | os.PathLike, image_root: str | os.Path
     qrels = json.loads((split_dir / "gt_results.json").read_text())
     if query is None:
         query = str(np.random.default_rng(seed).choice(sorted(qrels)))
-    runs = {name: json.loads((Path(runs_dir) / name / "test" / split / "retrieval.json").read_text())[query]
-            for name in names}
+    rankings = {name: Path(runs_dir) / name / "test" / split / "retrieval.json" for name in names}
+    absent = [name for name, path in rankings.items() if not path.exists()]
+    if absent:
+        raise FileNotFoundError(f"no ranking saved for {', '.join(absent)} ({rankings[absent[0]]}): the run was "
+                                f"tested with save_rankings=false; train it again with save_rankings=true to show its rankings")
+    runs = {name: json.loads(path.read_text())[query] for name, path in rankings.items()}
     dataset = open_dataset(data_dir, image_root)
     corpus = dataset.corpus(split).set_index("product_id")
     resolver = dataset.image_resolver()

@@ -171,3 +171,11 @@ def test_seed_tables_and_significance_over_seed_means(tmp_path):
         tmp_path / "gcl-1" / "test" / stems[0] / "per_query.csv", index=False)
     with pytest.raises(ValueError, match="the runs of 'gcl' .* evaluated different queries"):
         report.significance(tmp_path, groups, [("gcl", "clip")])
+
+
+def test_ranking_examples_of_a_run_without_saved_rankings_say_so(tmp_path):
+    split_dir = tmp_path / "lean" / "test" / "query_0_product_id_0"
+    split_dir.mkdir(parents=True)
+    (split_dir / "gt_results.json").write_text('{"q": {"p": 1}}')
+    with pytest.raises(FileNotFoundError, match="no ranking saved for lean .*save_rankings=true"):
+        report.plot_ranking_examples(tmp_path, tmp_path, tmp_path, ["lean"], "query_0_product_id_0")
