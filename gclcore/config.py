@@ -49,6 +49,8 @@ class TrainConfig:
     weight_norm: str = "mean"               # none | mean | sum
     direction: float = 0.5                  # weight of the query->document term
     duplicates: str = "negatives"           # in-batch targets: negatives | mask | positives | cwcl
+    loss_tile: int = -1                     # logits in blocks of this many (O(B*d) memory); 0: dense;
+                                            # -1: dense up to 8,192 pairs per global batch, blocks of 2,048 above
     ranking_loss: str = "none"              # + a ranking term over each query's in-batch products: none | listnet | lambda
     ranking_weight: float = 1.0             # its weight beside the contrastive loss
     # batches (gclcore.batching)
@@ -165,6 +167,7 @@ def _at_least(low):
 _VALUE_RULES = {
     "max_position": _at_least(0), "epochs": _at_least(0), "max_steps": _at_least(0), "batch_size": _at_least(1),
     "accum_freq": _at_least(1), "products_per_query": _at_least(1), "ranking_weight": _at_least(0),
+    "loss_tile": _at_least(-1),
     "max_bad_images": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "lr": (lambda v: v >= 0, ">= 0 (0: the regime's default)"),
     "weight_decay": _at_least(0), "warmup_steps": (lambda v: v >= -1, ">= -1 (-1: the regime's default)"),
@@ -215,7 +218,7 @@ RESUME_MAY_CHANGE = frozenset({
     "resume", "output_dir", "data_dir", "image_root", "hf_dir", "feature_cache_dir", "device", "dist_backend",
     "dist_timeout_min", "workers", "progress", "tensorboard", "log_every", "save_every", "save_every_minutes",
     "epoch_checkpoints", "eval_every", "test_splits", "epochs", "max_steps", "warmup_steps", "max_bad_images",
-    "max_bad_steps", "save_rankings"})
+    "max_bad_steps", "save_rankings", "loss_tile"})
 """Fields a resumed run may change (where things are, how it reports and saves, how long it runs: the
 default full fine-tuning warm-up follows the run's length); any other difference means another run, and
 resuming refuses it (:meth:`TrainConfig.resume_conflicts`)."""

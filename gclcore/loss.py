@@ -41,7 +41,12 @@ the local rows)``; logits are then local rows x global columns, as open_clip's `
 ``gather_with_grad``, and the weights and ids are gathered too. :func:`gclcore.distributed.all_gather_with_grad`
 is the torch.distributed implementation, which the trainer plugs in under torchrun.
 
-fp16 / bf16 inputs (autocast) are upcast: the loss arithmetic always runs in float32 or wider.
+fp16 / bf16 inputs (autocast) are upcast and autocast is switched off inside the loss: its arithmetic,
+the logits' matrix products included, always runs in float32 or wider.
+
+Memory: the logits are (n, N) per direction. Above ``tile_above`` columns (or always, with ``tile``) the
+loss is computed in blocks by :mod:`gclcore.tiled_loss` with O(N*d) memory: the same values and gradients
+(tested against this dense form for every option).
 """
 
 from __future__ import annotations
@@ -54,12 +59,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gclcore.fusion import Side
+from gclcore.tiled_loss import Targets, tiled_row_losses
 
 Gather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
 DUPLICATES = ("negatives", "mask", "positives", "cwcl")
+AUTO_TILE = 2048
+"""Block size of the tiled loss when it is chosen automatically (global batches above ``tile_above``)."""
 
 
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+def full_precision(device: torch.device):
+    """A context without autocast: under bf16 autocast a matrix product of float32 logits would be rounded
+    to bf16 (an error of ~0.25 at logit 100), and the tiled loss's backward would not match its forward."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
@@ -89,18 +103,29 @@ class GCLLoss(nn.Module):
         direction: weight ``a`` of the query->document term (0.5: symmetric; 1: query->document only).
         duplicates: the targets: ``"negatives"`` | ``"mask"`` | ``"positives"`` | ``"cwcl"``.
         gather: cross-rank gather (see :data:`Gather`); None for a single process.
+        tile: compute in blocks of ``tile`` x ``tile`` logits (:mod:`gclcore.tiled_loss`); None: dense up to
+            ``tile_above`` columns (the global batch), blocks of ``AUTO_TILE`` above; 0: always dense.
     """
 
     def __init__(self, weight_norm: Literal["none", "mean", "sum"] = "mean", direction: float = 0.5,
                  duplicates: Literal["negatives", "mask", "positives", "cwcl"] = "negatives",
-                 gather: Gather | None = None):
+                 gather: Gather | None = None, tile: int | None = None, tile_above: int = 8192):
         super().__init__()
         if not 0.0 <= direction <= 1.0:
             raise ValueError("direction must be in [0, 1]")
         if duplicates not in DUPLICATES:
             raise ValueError(f"duplicates must be one of {', '.join(DUPLICATES)}, not {duplicates!r}")
         normalise_weights(torch.ones(1), weight_norm)  # validates the mode
+        if tile is not None and tile < 0:
+            raise ValueError(f"tile must be >= 0 (0: dense) or None (automatic), not {tile}")
         self.weight_norm, self.direction, self.duplicates, self.gather = weight_norm, direction, duplicates, gather
+        self.tile, self.tile_above = tile, tile_above
+
+    def tile_for(self, columns: int) -> int:
+        """The block size for a global batch of ``columns`` pairs; 0 means the dense loss."""
+        if self.tile is None:
+            return AUTO_TILE if columns > self.tile_above else 0
+        return self.tile
 
     def forward(self, query: torch.Tensor, doc: torch.Tensor, logit_scale: torch.Tensor,
                 weights: torch.Tensor | None = None, query_ids: torch.Tensor | None = None,
@@ -113,8 +138,12 @@ class GCLLoss(nn.Module):
             weights: (N,) pair weights (STW output); None means all ones.
             query_ids, doc_ids: (N,) integer ids, needed for ``duplicates="mask"`` and ``"positives"``.
         """
+        with full_precision(query.device):
+            return self._loss(query, doc, logit_scale, weights, query_ids, doc_ids)
+
+    def _loss(self, query, doc, logit_scale, weights, query_ids, doc_ids) -> torch.Tensor:
         n = query.shape[0]
-        query, doc = _at_least_float32(query), _at_least_float32(doc)
+        query, doc = at_least_float32(query), at_least_float32(doc)
         weights = torch.ones(n, device=query.device) if weights is None else weights
         weights = weights.to(device=query.device, dtype=query.dtype)
         offset = 0
@@ -127,16 +156,21 @@ class GCLLoss(nn.Module):
             all_dids = self.gather(doc_ids)[0] if doc_ids is not None else None
         w = normalise_weights(all_weights, self.weight_norm)[offset:offset + n]
         scale = logit_scale.to(query.dtype)
+        rows = torch.arange(n, device=query.device) + offset
+        if self.duplicates in ("mask", "positives") and (query_ids is None or doc_ids is None):
+            raise ValueError(f"duplicates={self.duplicates!r} needs query_ids and doc_ids")
+        tile = self.tile_for(all_doc.shape[0])
+        if tile:
+            loss_lr, loss_rl = self._tiled(query, doc, all_query, all_doc, scale, rows, all_weights, all_qids,
+                                           all_dids, tile)
+            return (self.direction * (w * loss_lr).sum() + (1 - self.direction) * (w * loss_rl).sum()) / n
         logits_lr = scale * query @ all_doc.T          # local queries x all documents
         logits_rl = scale * doc @ all_query.T          # local documents x all queries
-        rows = torch.arange(n, device=query.device) + offset
         if self.duplicates == "negatives":
             targets_lr = targets_rl = None
         elif self.duplicates == "cwcl":
             targets_lr, targets_rl = cwcl_targets(query, all_query), cwcl_targets(doc, all_doc)
         else:
-            if query_ids is None or doc_ids is None:
-                raise ValueError(f"duplicates={self.duplicates!r} needs query_ids and doc_ids")
             same_q = all_qids[rows, None] == all_qids[None, :]     # (n, N_all)
             same_d = all_dids[rows, None] == all_dids[None, :]
             if self.duplicates == "mask":
@@ -151,11 +185,23 @@ class GCLLoss(nn.Module):
                 # row i, column j: pair (q_i, d_j) judged with weight w_j if same query, w_i if same product
                 targets_lr = torch.where(same_q, all_weights[None, :], torch.where(same_d, local_w[:, None], zero))
                 targets_rl = torch.where(same_d, all_weights[None, :], torch.where(same_q, local_w[:, None], zero))
-                targets_lr = targets_lr / targets_lr.sum(1, keepdim=True)
-                targets_rl = targets_rl / targets_rl.sum(1, keepdim=True)
+                # a row whose pairs all weigh 0 (a missing field's rows in field_mode=pairs) has no target: loss 0
+                targets_lr = targets_lr / targets_lr.sum(1, keepdim=True).clamp_min(1e-30)
+                targets_rl = targets_rl / targets_rl.sum(1, keepdim=True).clamp_min(1e-30)
         loss_lr = self._rows(logits_lr, rows, targets_lr)
         loss_rl = self._rows(logits_rl, rows, targets_rl)
         return (self.direction * (w * loss_lr).sum() + (1 - self.direction) * (w * loss_rl).sum()) / n
+
+    def _tiled(self, query, doc, all_query, all_doc, scale, rows, all_weights, all_qids, all_dids, tile):
+        """Both directions' per-row losses by :func:`gclcore.tiled_loss.tiled_row_losses`."""
+        row_qids = None if all_qids is None else all_qids[rows]
+        row_dids = None if all_dids is None else all_dids[rows]
+        common = dict(rows=rows, mode=self.duplicates, row_weights=all_weights[rows], col_weights=all_weights)
+        lr = Targets(row_ids=row_qids, col_ids=all_qids, row_other=row_dids, col_other=all_dids,
+                     anchors_all=all_query.detach(), **common)
+        rl = Targets(row_ids=row_dids, col_ids=all_dids, row_other=row_qids, col_other=all_qids,
+                     anchors_all=all_doc.detach(), **common)
+        return tiled_row_losses(query, all_doc, scale, lr, tile), tiled_row_losses(doc, all_query, scale, rl, tile)
 
     @staticmethod
     def _rows(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gclcore.loss import Gather
+from gclcore.loss import Gather, at_least_float32, full_precision
 
 RANKING_LOSSES = ("none", "listnet", "lambda")
 
@@ -62,6 +62,12 @@ def ranking_loss(kind: str, query: torch.Tensor, doc: torch.Tensor, logit_scale:
     cross-rank gather (module docstring), None for one process."""
     if kind not in RANKING_LOSSES[1:]:
         raise ValueError(f"ranking loss {kind!r}: choose from {', '.join(RANKING_LOSSES[1:])}")
+    with full_precision(query.device):
+        return _ranking_loss(kind, at_least_float32(query), at_least_float32(doc), logit_scale, gains, query_ids,
+                             gather)
+
+
+def _ranking_loss(kind, query, doc, logit_scale, gains, query_ids, gather) -> torch.Tensor:
     local_rows = len(query_ids)
     if gather is not None:
         (query, offset), doc, gains, query_ids = gather(query), gather(doc)[0], gather(gains)[0], gather(query_ids)[0]

@@ -112,7 +112,8 @@ class PairObjective:
         self.weights = torch.tensor(rows["weight"].to_numpy(), dtype=torch.float32)
         self.qids, self.dids = torch.tensor(rows["qid"].to_numpy()), torch.tensor(rows["did"].to_numpy())
         self.present = {f.name: torch.tensor(rows[f.name].notna().to_numpy()) for f in lhs + rhs}
-        self.loss = GCLLoss(cfg.weight_norm, cfg.direction, cfg.duplicates, gather=gather)
+        self.loss = GCLLoss(cfg.weight_norm, cfg.direction, cfg.duplicates, gather=gather,
+                            tile=None if cfg.loss_tile < 0 else cfg.loss_tile)
         self.ranking, self.ranking_weight, self.gather = cfg.ranking_loss, cfg.ranking_weight, gather
 
     def __call__(self, embedded: dict[str, torch.Tensor], index: np.ndarray,
@@ -155,19 +156,22 @@ def train_step(towers: Towers, objective: PairObjective, batch, optimizer: torch
     towers.model.train()
     index = towers.indices(batch)
     parts = split_batch(batch, accum_freq)
-    with precision.autocast():
-        if len(parts) == 1:
+    # autocast covers the forward passes only: a backward run inside it would re-cast the backward's matrix
+    # products too (the loss's float32 logits' gradients included)
+    if len(parts) == 1:
+        with precision.autocast():
             loss = objective(towers.embed(batch), index)
-            precision.scaler.scale(loss).backward()
-        else:
-            with torch.no_grad():
-                cached = [towers.embed(p) for p in parts]
-            for j, part in enumerate(parts):
+        precision.scaler.scale(loss).backward()
+    else:
+        with torch.no_grad(), precision.autocast():
+            cached = [towers.embed(p) for p in parts]
+        for j, part in enumerate(parts):
+            with precision.autocast():
                 live = towers.embed(part)
                 joined = {name: torch.cat([live[name] if k == j else cached[k][name] for k in range(len(parts))])
                           for name in live}
                 loss = objective(joined, index, logit_scale_grad=j == 0)
-                precision.scaler.scale(loss).backward()
+            precision.scaler.scale(loss).backward()
     if world > 1:
         distributed.average_gradients(params, world)
     precision.scaler.unscale_(optimizer)

@@ -74,11 +74,12 @@ def test_two_rank_gather_equals_the_full_batch_with_a_query_split_between_ranks(
     doc = torch.nn.functional.normalize(torch.randn(8, 5, generator=g, dtype=torch.float64), dim=1)
     ids = torch.tensor([1, 1, 2, 2, 2, 3, 4, 4])
     gains = torch.tensor([1.0, 0.3, 0.9, 0.2, 0.6, 1.0, 0.5, 0.8], dtype=torch.float64)
-    scale = torch.tensor(5.0, dtype=torch.float64)
     full_q, full_d = query.clone().requires_grad_(True), doc.clone().requires_grad_(True)
-    full = ranking_loss(kind, full_q, full_d, scale, gains, ids)
+    full_scale = torch.tensor(5.0, dtype=torch.float64, requires_grad=True)
+    full = ranking_loss(kind, full_q, full_d, full_scale, gains, ids)
     full.backward()
     split_q, split_d = query.clone().requires_grad_(True), doc.clone().requires_grad_(True)
+    scale = torch.tensor(5.0, dtype=torch.float64, requires_grad=True)
     ranks = []
     for rank in (0, 1):
         local = slice(4 * rank, 4 * rank + 4)
@@ -91,11 +92,13 @@ def test_two_rank_gather_equals_the_full_batch_with_a_query_split_between_ranks(
     assert averaged.item() == pytest.approx(full.item(), abs=1e-12)
     torch.testing.assert_close(split_q.grad, full_q.grad)
     torch.testing.assert_close(split_d.grad, full_d.grad)
+    torch.testing.assert_close(scale.grad, full_scale.grad)
 
     def rank_1_of_two(t):
         """This rank holds queries 9 and 10 (rows 2, 3); rank 0 holds two rows of query 5."""
         return (torch.tensor([5, 5, 9, 10]) if t.dtype == torch.long else torch.cat([t, t])), 2
 
     # a rank holding no group's first row still returns a term connected to its embeddings
-    lone = ranking_loss(kind, split_q[6:], split_d[6:], scale, gains[6:], torch.tensor([9, 10]), gather=rank_1_of_two)
+    lone = ranking_loss(kind, split_q[6:], split_d[6:], scale.detach(), gains[6:], torch.tensor([9, 10]),
+                        gather=rank_1_of_two)
     assert lone.item() == 0 and lone.requires_grad

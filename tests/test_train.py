@@ -154,6 +154,15 @@ def test_book_runs_save_once(tmp_path, tiny_shop):
     assert torch.load(result.output_dir / "checkpoints" / "state-latest.pt", weights_only=False)["step"] == result.steps
 
 
+def test_the_tiled_loss_trains_the_same_weights_as_the_dense_loss(tmp_path, tiny_shop):
+    common = dict(epochs=1, eval_split="", batch_size=16, duplicates="positives", eval_top_k=10)
+    dense = trainer.train(config(tmp_path / "dense", tiny_shop, loss_tile=0, **common))
+    tiled = trainer.train(config(tmp_path / "tiled", tiny_shop, loss_tile=5, **common))
+    assert tiled.history["loss"].tolist() == pytest.approx(dense.history["loss"].tolist(), rel=1e-5)
+    a, b = _final_weights(dense.checkpoint), _final_weights(tiled.checkpoint)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 def test_the_test_splits_embed_each_corpus_once_and_leave_no_cache(tmp_path, tiny_shop, monkeypatch):
     from gclcore import evaluate
 
