@@ -1,4 +1,6 @@
 """Helpers of gclcore.distributed in a single process and in a 2-process gloo group on CPU."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -36,8 +38,6 @@ def test_shard_gives_each_rank_its_contiguous_slice():
 
 
 def _worker(rank: int, world: int, port: int, results):
-    import os
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     ctx = distributed.from_environment()
@@ -80,3 +80,45 @@ def test_collectives_in_a_two_process_gloo_group():
     # d(sum_r loss_r)/dx: both ranks' losses reach each rank's rows (reduce-scatter of the sum)
     assert r0["x_grad"] == [2.0, 4.0] and r1["x_grad"] == [6.0, 8.0]
     assert r0["objects"] == [0, 10] and r0["loss"] == r1["loss"] == 0.5
+
+
+def _tiled_worker(rank, world, port, results):
+    import torch.nn.functional as F
+
+    from gclcore.loss import GCLLoss
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    ctx = distributed.from_environment()
+    distributed.start(ctx, "gloo")
+    g = torch.Generator().manual_seed(7)                     # the same global batch on every rank
+    query = F.normalize(torch.randn(10, 6, generator=g, dtype=torch.float64), dim=1)
+    doc = F.normalize(torch.randn(10, 6, generator=g, dtype=torch.float64), dim=1)
+    weights = torch.rand(10, generator=g, dtype=torch.float64) + 0.1
+    qids, dids = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4, 5]), torch.tensor([0, 1, 2, 3, 4, 5, 6, 0, 8, 9])
+    local = slice(5 * rank, 5 * rank + 5)
+    out = {}
+    for mode in ("negatives", "mask", "positives", "cwcl"):
+        for tile in (0, 2):
+            q, d = query[local].clone().requires_grad_(True), doc[local].clone().requires_grad_(True)
+            scale = torch.tensor(8.0, dtype=torch.float64, requires_grad=True)
+            loss = GCLLoss(duplicates=mode, tile=tile, gather=distributed.all_gather_with_grad)
+            value = loss(q, d, scale, weights[local], qids[local], dids[local])
+            value.backward()
+            out[(mode, tile)] = [value.item()] + q.grad.flatten().tolist() + d.grad.flatten().tolist() + [scale.grad.item()]
+    results[rank] = out
+    distributed.stop(ctx)
+
+
+def test_the_tiled_loss_equals_the_dense_loss_under_a_two_process_gloo_gather():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_tiled_worker, args=(2, port, results), nprocs=2, join=True)
+    for rank in (0, 1):
+        for mode in ("negatives", "mask", "positives", "cwcl"):
+            dense, tiled = results[rank][(mode, 0)], results[rank][(mode, 2)]
+            assert tiled == pytest.approx(dense, rel=1e-10, abs=1e-12), (rank, mode)
