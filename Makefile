@@ -139,12 +139,18 @@ $(STAGE)/%.md: book/%.md
 	@mkdir -p $(STAGE)
 	cp $< $@
 
-# the performance page is bench/RESULTS.md
+# the performance page is bench/RESULTS.md, with the plots next to it
+BENCH_PLOTS := $(wildcard bench/*.png)
 $(STAGE)/performance.md: bench/RESULTS.md
 	@mkdir -p $(STAGE)
 	cp $< $@
 
-$(HTML_DIR)/_build/html/index.html: _config.yml _toc.yml $(PAGES:book/%=$(STAGE)/%) $(STAGE)/performance.md $(EXECUTED)
+$(STAGE)/%.png: bench/%.png
+	@mkdir -p $(STAGE)
+	cp $< $@
+
+$(HTML_DIR)/_build/html/index.html: _config.yml _toc.yml $(PAGES:book/%=$(STAGE)/%) $(STAGE)/performance.md \
+                                      $(BENCH_PLOTS:bench/%=$(STAGE)/%) $(EXECUTED)
 	$(VENV)/bin/jupyter-book build $(STAGE) --config $(abspath _config.yml) --toc $(abspath _toc.yml) --path-output $(HTML_DIR) -W --keep-going
 
 CHECKPOINTS ?=
