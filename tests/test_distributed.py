@@ -37,11 +37,29 @@ def test_shard_gives_each_rank_its_contiguous_slice():
         distributed.shard(batches, distributed.Context(rank=0, world=5))
 
 
-def _worker(rank: int, world: int, port: int, results):
+def _join_gloo_group(rank: int, world: int, port: int) -> distributed.Context:
+    """In a spawned worker: the torchrun environment of ``rank`` of ``world``, and its gloo group."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     ctx = distributed.from_environment()
     distributed.start(ctx, "gloo")
+    return ctx
+
+
+def _run_on_two_ranks(worker) -> dict:
+    """``worker(rank, world, port, results)`` in two processes on a free local port; their ``results``."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(worker, args=(2, port, results), nprocs=2, join=True)
+    return results
+
+
+def _worker(rank: int, world: int, port: int, results):
+    ctx = _join_gloo_group(rank, world, port)
     # rank-specific gradients average to their mean
     p = torch.nn.Parameter(torch.zeros(3))
     q = torch.nn.Parameter(torch.zeros(2, 2))
@@ -64,13 +82,7 @@ def _worker(rank: int, world: int, port: int, results):
 
 
 def test_collectives_in_a_two_process_gloo_group():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    results = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, port, results), nprocs=2, join=True)
+    results = _run_on_two_ranks(_worker)
     r0, r1 = results[0], results[1]
     assert r0["p"] == r1["p"] == [1.5, 1.5, 1.5]
     assert r0["q"] == r1["q"] == [[5.0, 5.0], [5.0, 5.0]]
@@ -87,10 +99,7 @@ def _tiled_worker(rank, world, port, results):
 
     from gclcore.loss import GCLLoss
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    ctx = distributed.from_environment()
-    distributed.start(ctx, "gloo")
+    ctx = _join_gloo_group(rank, world, port)
     g = torch.Generator().manual_seed(7)                     # the same global batch on every rank
     query = F.normalize(torch.randn(10, 6, generator=g, dtype=torch.float64), dim=1)
     doc = F.normalize(torch.randn(10, 6, generator=g, dtype=torch.float64), dim=1)
@@ -111,13 +120,7 @@ def _tiled_worker(rank, world, port, results):
 
 
 def test_the_tiled_loss_equals_the_dense_loss_under_a_two_process_gloo_gather():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    results = mp.Manager().dict()
-    mp.spawn(_tiled_worker, args=(2, port, results), nprocs=2, join=True)
+    results = _run_on_two_ranks(_tiled_worker)
     for rank in (0, 1):
         for mode in ("negatives", "mask", "positives", "cwcl"):
             dense, tiled = results[rank][(mode, 0)], results[rank][(mode, 2)]
