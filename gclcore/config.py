@@ -62,6 +62,8 @@ class TrainConfig:
     max_steps: int = 0                      # stop after this many steps (0: run all epochs)
     batch_size: int = 256                   # (Marqtune, per device)
     accum_freq: int = 1
+    grad_checkpointing: bool = False        # full fine-tuning: recompute the towers' activations in backward
+                                            # (less memory for large batches, ~1/3 more compute)
     lr: float = 0.0                         # 0: the regime's default (REGIME_DEFAULTS: 1e-3 heads, 1e-5 full)
     weight_decay: float = 0.1
     warmup_steps: int = -1                  # -1: the regime's default (20 heads; full: 500, at most 10% of the run)
@@ -93,6 +95,8 @@ class TrainConfig:
     device: str = ""                        # "" -> cuda if available; under torchrun each rank's cuda:LOCAL_RANK
     dist_backend: str = "auto"              # under torchrun: auto (nccl on GPUs, gloo on CPUs) | nccl | gloo
     dist_timeout_min: int = 60              # how long ranks wait while rank 0 evaluates or builds caches
+    grad_sync: str = "overlap"              # under torchrun: overlap (DistributedDataParallel's bucketed
+                                            # all-reduce during backward) | after_backward (one flat all-reduce)
     workers: int = -1                       # -1: one per spare core
     progress: bool = True
     tensorboard: bool = False
@@ -188,6 +192,7 @@ _CHOICES = {
     "dist_backend": ("auto", "nccl", "gloo"), "eval_query_set": ("dev", "test", "sampled"),
     "missing_images": ("placeholder", "skip", "error"), "batching": ("random", "grouped"),
     "within_query": ("uniform", "stratified"), "ranking_loss": ("none", "listnet", "lambda"),
+    "grad_sync": ("overlap", "after_backward"),
 }
 """The fields that take one of a fixed set of words."""
 
@@ -218,7 +223,7 @@ RESUME_MAY_CHANGE = frozenset({
     "resume", "output_dir", "data_dir", "image_root", "hf_dir", "feature_cache_dir", "device", "dist_backend",
     "dist_timeout_min", "workers", "progress", "tensorboard", "log_every", "save_every", "save_every_minutes",
     "epoch_checkpoints", "eval_every", "test_splits", "epochs", "max_steps", "warmup_steps", "max_bad_images",
-    "max_bad_steps", "save_rankings", "loss_tile"})
+    "max_bad_steps", "save_rankings", "loss_tile", "grad_checkpointing", "grad_sync"})
 """Fields a resumed run may change (where things are, how it reports and saves, how long it runs: the
 default full fine-tuning warm-up follows the run's length); any other difference means another run, and
 resuming refuses it (:meth:`TrainConfig.resume_conflicts`)."""

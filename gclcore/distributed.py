@@ -12,18 +12,19 @@ Nothing in the config changes: :func:`gclcore.train.train` reads torchrun's envi
   process and gives rank r its r-th contiguous slice (:func:`shard`);
 - gathers embeddings, weights and ids across ranks inside the loss (:func:`all_gather_with_grad`: each
   rank's rows against the global batch's columns, as open_clip's ``local_loss`` + ``gather_with_grad``);
-- averages gradients across ranks after backward (:func:`average_gradients`: one flat all-reduce per
-  step), so the update is the single-process update on the global batch;
+- averages gradients across ranks (:class:`GradientSync`): by default with PyTorch's
+  ``DistributedDataParallel``, whose bucketed all-reduces run while backward is still computing the
+  earlier layers' gradients (``grad_sync="overlap"``), or with one flat all-reduce after backward
+  (``"after_backward"``); either way the update is the single-process update on the global batch;
 - evaluates, logs and saves on rank 0 only.
 
 So ``N`` ranks x ``batch_size=b`` follow the same trajectory as one process with ``batch_size=N*b`` (up to
-floating-point summation order; tested with 2 CPU ranks on gloo). Gradients are all-reduced after
-backward, not overlapped with it as in ``DistributedDataParallel``: the towers call ``encode_text`` /
-``encode_image`` once per field, which a DDP wrapper's single ``forward`` does not cover.
+floating-point summation order; tested with 2 CPU ranks on gloo).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -181,3 +182,61 @@ def main_first(ctx: Context, build):
     if ctx.is_main:
         barrier(ctx)
     return value
+
+
+class _BatchEmbedding(torch.nn.Module):
+    """Every field's embedding of a batch in one ``forward``: the unit ``DistributedDataParallel`` wraps
+    (the towers call ``encode_text`` / ``encode_image`` once per field, and DDP expects one forward per
+    backward)."""
+
+    def __init__(self, towers):
+        super().__init__()
+        self.model, self.embed = towers.model, towers.embed
+
+    def forward(self, batch):
+        return self.embed(batch)
+
+
+class GradientSync:
+    """How one step's gradients become the global batch's: embeds the batch, and averages the gradients
+    over ranks.
+
+    - one process: :meth:`embed` is ``towers.embed``, nothing is averaged;
+    - ``mode="overlap"`` (the default under torchrun): the towers run inside
+      ``torch.nn.parallel.DistributedDataParallel`` (gradient buckets of 25 MB all-reduced as soon as
+      backward has filled them, overlapping communication with the rest of backward). Parameters that a
+      step does not reach (a Hugging Face pooler, the image head of a text-only run) are found each step
+      (``find_unused_parameters``). The logit scale is used by the loss outside the towers' forward, so DDP
+      ignores it and :meth:`finish` averages its one gradient. Buffers (BatchNorm statistics) stay per
+      rank as with ``"after_backward"``; rank 0's are the ones saved;
+    - ``mode="after_backward"``: :func:`average_gradients` after backward, one flat all-reduce.
+
+    With gradient accumulation (:meth:`accumulating`), DDP's ``no_sync`` keeps the all-reduce for the
+    last micro-batch's backward, so a step communicates once whatever ``accum_freq`` is.
+    """
+
+    def __init__(self, towers, ctx: Context, mode: str = "overlap"):
+        self.towers, self.world, self.ddp, self.ignored = towers, ctx.world, None, []
+        if mode not in ("overlap", "after_backward"):
+            raise ValueError(f"grad_sync must be overlap or after_backward, not {mode!r}")
+        if ctx.enabled and mode == "overlap":
+            module = _BatchEmbedding(towers)
+            self.ignored = [p for name, p in module.named_parameters() if name == "model.logit_scale"]
+            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                module, ["model.logit_scale"])
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                module, broadcast_buffers=False, find_unused_parameters=True, gradient_as_bucket_view=True)
+
+    def embed(self, batch) -> dict[str, torch.Tensor]:
+        return self.ddp(batch) if self.ddp is not None else self.towers.embed(batch)
+
+    def accumulating(self, last: bool):
+        """Context for one micro-batch's forward and backward: gradients are only summed locally unless
+        ``last``."""
+        return self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+
+    def finish(self, parameters: list[torch.nn.Parameter]) -> None:
+        """After the step's last backward: average what is not averaged yet."""
+        if self.world == 1:
+            return
+        average_gradients(self.ignored if self.ddp is not None else parameters, self.world)

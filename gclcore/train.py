@@ -29,6 +29,7 @@ import math
 import random
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,7 +141,7 @@ class PairObjective:
 
 def train_step(towers: Towers, objective: PairObjective, batch, optimizer: torch.optim.Optimizer,
                precision: Precision, params: list[torch.nn.Parameter], *, accum_freq: int = 1,
-               grad_clip: float = 0.0, world: int = 1) -> tuple[torch.Tensor, bool]:
+               grad_clip: float = 0.0, sync: distributed.GradientSync | None = None) -> tuple[torch.Tensor, bool]:
     """One optimiser step on one batch; returns the (last micro-batch's) loss and whether the step was
     taken: a non-finite loss or gradient norm skips the update (the gradients are dropped), so one bad batch
     cannot turn the weights into NaN. Under torchrun the ranks decide on the averaged gradients, which are
@@ -151,8 +152,10 @@ def train_step(towers: Towers, objective: PairObjective, batch, optimizer: torch
     full batch's embeddings, so every micro-batch sees all in-batch negatives and the summed gradient
     equals the full batch's. Each of those losses is the full-batch loss, so the logit scale takes its
     gradient from the first one only (open_clip's ``--accum-freq`` counts it ``accum_freq`` times).
-    Under torchrun (``world > 1``) gradients are averaged over ranks.
+    Under torchrun, ``sync`` (:class:`~gclcore.distributed.GradientSync`) embeds and averages gradients
+    over ranks.
     """
+    sync = sync or distributed.GradientSync(towers, distributed.Context())
     towers.model.train()
     index = towers.indices(batch)
     parts = split_batch(batch, accum_freq)
@@ -160,24 +163,24 @@ def train_step(towers: Towers, objective: PairObjective, batch, optimizer: torch
     # products too (the loss's float32 logits' gradients included)
     if len(parts) == 1:
         with precision.autocast():
-            loss = objective(towers.embed(batch), index)
+            loss = objective(sync.embed(batch), index)
         precision.scaler.scale(loss).backward()
     else:
         with torch.no_grad(), precision.autocast():
             cached = [towers.embed(p) for p in parts]
         for j, part in enumerate(parts):
-            with precision.autocast():
-                live = towers.embed(part)
-                joined = {name: torch.cat([live[name] if k == j else cached[k][name] for k in range(len(parts))])
-                          for name in live}
-                loss = objective(joined, index, logit_scale_grad=j == 0)
-            precision.scaler.scale(loss).backward()
-    if world > 1:
-        distributed.average_gradients(params, world)
+            with sync.accumulating(last=j == len(parts) - 1):
+                with precision.autocast():
+                    live = sync.embed(part)
+                    joined = {name: torch.cat([live[name] if k == j else cached[k][name] for k in range(len(parts))])
+                              for name in live}
+                    loss = objective(joined, index, logit_scale_grad=j == 0)
+                precision.scaler.scale(loss).backward()
+    sync.finish(params)
     precision.scaler.unscale_(optimizer)
     norm = (torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip
             else torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-    finite = precision.scaler.is_enabled() or (bool(torch.isfinite(norm)) and (world > 1 or bool(torch.isfinite(loss))))
+    finite = precision.scaler.is_enabled() or (bool(torch.isfinite(norm)) and (sync.world > 1 or bool(torch.isfinite(loss))))
     if finite:
         precision.scaler.step(optimizer)
         precision.scaler.update()
@@ -282,6 +285,8 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
         cfg.freeze, encoder, rows, lhs + rhs, dataset, cache_dir=cfg.feature_cache_dir, seed=cfg.seed,
         workers=cfg.workers, progress=cfg.progress, prefixes=field_prefixes(encoder, lhs, rhs),
         max_bad_images=cfg.max_bad_images, missing_images=cfg.missing_images))
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(model, cfg.freeze)
     objective = PairObjective(rows, lhs, rhs, cfg, model, device,
                               gather=distributed.all_gather_with_grad if ctx.enabled else None)
 
@@ -290,6 +295,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     lr_at = cosine_schedule(cfg.lr, cfg.warmup_steps, total_steps)
     precision = Precision.choose(cfg.precision, device)
     state = checkpoint.load_state(resume, model, optimizer, precision.scaler, ctx, cfg) if resume else TrainState()
+    sync = distributed.GradientSync(towers, ctx, cfg.grad_sync)
     _write_config(cfg, out, ctx)  # after the resume check: a refused state leaves the run's record as it was
     log = RunLog(out, state.history, write=ctx.is_main, tensorboard=cfg.tensorboard)
     evaluation = DevEvaluation(cfg, dataset, towers, lhs, rhs, log, ctx)
@@ -312,7 +318,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
             for batch in towers.loader(batches[state.batch_in_epoch:], state.epoch):
                 set_lr(optimizer, lr_at(state.step))
                 loss, finite = train_step(towers, objective, batch, optimizer, precision, params,
-                                          accum_freq=cfg.accum_freq, grad_clip=cfg.grad_clip, world=ctx.world)
+                                          accum_freq=cfg.accum_freq, grad_clip=cfg.grad_clip, sync=sync)
                 state.advance()
                 bad_steps = 0 if finite else bad_steps + 1
                 if not finite:  # skipped: logged with the batch's pairs; too many in a row end the run
@@ -363,6 +369,21 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     log.close()
     distributed.stop(ctx)
     return _result(out, state, test, cfg)
+
+
+def enable_grad_checkpointing(model: torch.nn.Module, freeze: str) -> None:
+    """Recompute the towers' activations in backward instead of keeping them (open_clip's
+    ``set_grad_checkpointing``: per transformer block / timm stage, non-reentrant ``torch.utils.checkpoint``),
+    trading about a third more compute for activation memory that no longer grows with the layers.
+    Gradients are unchanged; BatchNorm running statistics are updated by the recomputation too."""
+    if freeze != "none":
+        raise ValueError(f"grad_checkpointing applies to full fine-tuning (freeze=none); this run is freeze={freeze}, "
+                         f"whose trunks are frozen and run once to cache their features")
+    if not hasattr(model, "set_grad_checkpointing"):
+        raise ValueError(f"grad_checkpointing: {type(model).__name__} has no set_grad_checkpointing")
+    with warnings.catch_warnings():  # open_clip calls transformers' gradient_checkpointing_enable, renamed in v5
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*deprecated", category=FutureWarning)
+        model.set_grad_checkpointing(True)
 
 
 def _load_model(cfg: TrainConfig, device: torch.device, ctx: distributed.Context):

@@ -125,3 +125,51 @@ def test_the_tiled_loss_equals_the_dense_loss_under_a_two_process_gloo_gather():
         for mode in ("negatives", "mask", "positives", "cwcl"):
             dense, tiled = results[rank][(mode, 0)], results[rank][(mode, 2)]
             assert tiled == pytest.approx(dense, rel=1e-10, abs=1e-12), (rank, mode)
+
+
+class _ToyTowers:
+    """A towers stand-in: one field embedded by a linear layer, a layer no step uses, and a logit scale
+    that only the loss (outside the towers' forward) uses, as in the real model."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.model = torch.nn.Module()
+        self.model.lin, self.model.unused = torch.nn.Linear(4, 3), torch.nn.Linear(2, 2)
+        self.model.logit_scale = torch.nn.Parameter(torch.tensor(2.0))
+
+    def embed(self, batch):
+        return {"query": self.model.lin(batch)}
+
+
+def _sync_worker(rank, world, port, results):
+    ctx = _join_gloo_group(rank, world, port)
+    batch = torch.randn(4, 4, generator=torch.Generator().manual_seed(rank))  # each rank its own rows
+    out = {}
+    for mode in ("overlap", "after_backward", "local"):  # local: this rank's own gradients, not averaged
+        towers = _ToyTowers()
+        sync = distributed.GradientSync(towers, distributed.Context() if mode == "local" else ctx,
+                                        "overlap" if mode == "local" else mode)
+        for last in (False, True):  # two micro-batches, all-reduced once
+            with sync.accumulating(last):
+                embedded = sync.embed(batch[2 * last:2 * last + 2])["query"]
+                ((embedded.sum(1) * towers.model.logit_scale) ** 2).sum().backward()
+        sync.finish(list(towers.model.parameters()))
+        out[mode] = {name: None if p.grad is None else p.grad.tolist() for name, p in towers.model.named_parameters()}
+        out[mode + "/ddp"] = sync.ddp is not None
+    results[rank] = out
+    distributed.stop(ctx)
+
+
+def test_overlapped_all_reduce_averages_like_the_after_backward_path():
+    """DistributedDataParallel (no_sync for the first micro-batch, the logit scale averaged beside it) gives
+    the gradients of the flat all-reduce after backward: the mean of the two ranks' own gradients."""
+    results = _run_on_two_ranks(_sync_worker)
+    r0, r1 = results[0], results[1]
+    assert r0["overlap/ddp"] and not r0["after_backward/ddp"] and not r0["local/ddp"]
+    for name in ("lin.weight", "lin.bias", "logit_scale"):
+        mean = (np.array(r0["local"][name]) + np.array(r1["local"][name])) / 2
+        assert not np.allclose(r0["local"][name], r1["local"][name])  # the ranks' own gradients differ
+        for mode in ("overlap", "after_backward"):
+            for r in (r0, r1):
+                np.testing.assert_allclose(r[mode][name], mean, rtol=1e-6)
+    assert r0["overlap"]["unused.weight"] is None and r0["after_backward"]["unused.weight"] is None

@@ -318,11 +318,7 @@ def _single_and_two_ranks(tmp_path, tiny_shop, common: dict):
     assert the same final weights, losses and steps; return the single run, the torchrun config and its log."""
     single = trainer.train(config(tmp_path / "one", tiny_shop, batch_size=32, **common))
     cfg = dataclasses.asdict(config(tmp_path / "two", tiny_shop, batch_size=16, **common))
-    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(cfg))
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "gclcore.train", "--config", str(tmp_path / "ddp.yaml")],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, _rank_errors(done.stderr)
+    _torchrun(cfg, tmp_path / "ddp.yaml")
     out = Path(cfg["output_dir"])
     a, b = _final_weights(single.checkpoint), _final_weights(out / "model.pt")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
@@ -370,6 +366,62 @@ def test_grouped_batches_and_a_ranking_term_under_torchrun_follow_the_single_pro
         epochs=2, batching="grouped", products_per_query=3, within_query="stratified", duplicates="positives",
         ranking_loss="lambda", eval_top_k=20))
     assert single.steps > 0 and any(row.get("loss") for row in log)
+
+
+def test_gradient_checkpointing_keeps_the_gradients(tiny_shop):
+    """Recomputing the towers' activations in backward (timm's EfficientNet stages, the Hugging Face text
+    model's layers) gives the gradients of the stored activations, in train mode (dropout, BatchNorm)."""
+    from gclcore.data import ImageResolver
+    from gclcore.fusion import parse_fields
+
+    cfg = trainer.TrainConfig(data_dir=str(tiny_shop), workers=0)
+    lhs, rhs = parse_fields("query=1"), parse_fields("image_local=0.9,title=0.1")
+    rows = trainer.training_rows(cfg, lhs + rhs)
+    gradients = []
+    for checkpointing in (False, True):
+        encoder = load_encoder("default", device="cpu")
+        if checkpointing:
+            trainer.enable_grad_checkpointing(encoder.model, "none")
+            assert encoder.model.visual.trunk.grad_checkpointing
+            assert any(getattr(m, "gradient_checkpointing", False) for m in encoder.model.text.transformer.modules())
+        towers = FullTowers(encoder, rows, lhs + rhs, ImageResolver(tiny_shop / "images"), seed=0, workers=0)
+        objective = trainer.PairObjective(rows, lhs, rhs, cfg, encoder.model, torch.device("cpu"))
+        batch = next(towers.loader([np.arange(8)], epoch=0))
+        encoder.model.train()
+        torch.manual_seed(0)  # the same dropout masks (checkpointing replays the RNG state in the recomputation)
+        objective(towers.embed(batch), towers.indices(batch)).backward()
+        gradients.append({n: p.grad.clone() for n, p in encoder.model.named_parameters() if p.grad is not None})
+    plain, recomputed = gradients
+    assert plain.keys() == recomputed.keys() and len(plain) > 100
+    assert all(torch.allclose(plain[n], recomputed[n], rtol=1e-4, atol=1e-7) for n in plain)
+    with pytest.raises(ValueError, match="full fine-tuning"):
+        trainer.enable_grad_checkpointing(encoder.model, "trunks")
+
+
+def _torchrun(cfg: dict, config_file: Path) -> subprocess.CompletedProcess:
+    """``python -m gclcore.train --config`` on 2 CPU ranks (gloo) under torchrun; fails with each rank's errors."""
+    config_file.write_text(yaml.safe_dump(cfg))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "gclcore.train", "--config", str(config_file)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, _rank_errors(done.stderr)
+    return done
+
+
+def test_overlapped_gradient_sync_trains_the_weights_of_the_after_backward_sync(tmp_path, tiny_shop):
+    """Full fine-tuning under torchrun (2 gloo ranks; images and texts through the towers, BatchNorm,
+    dropout, the text model's unused pooler), 2 micro-batches per step: DistributedDataParallel's
+    all-reduce during backward trains the same weights as one flat all-reduce after it."""
+    weights = {}
+    for mode in ("overlap", "after_backward"):
+        cfg = dataclasses.asdict(config(tmp_path / mode, tiny_shop, freeze="none", batch_size=8, accum_freq=2,
+                                        epochs=1, max_steps=3, lr=1e-4, eval_split="", workers=0, grad_sync=mode))
+        _torchrun(cfg, tmp_path / f"{mode}.yaml")
+        weights[mode] = _final_weights(Path(cfg["output_dir"]) / "model.pt")
+    before = load_encoder("default", device="cpu").model.state_dict()
+    a, b = weights["overlap"], weights["after_backward"]
+    assert not torch.equal(a["visual.trunk.conv_stem.weight"], before["visual.trunk.conv_stem.weight"])  # trained
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
 
 
 def test_full_towers_embed_text_fields_in_one_call_like_separate_calls(tiny_shop):
