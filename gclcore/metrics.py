@@ -37,12 +37,16 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PUBLISHED_KS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 20, 30, 40, 50, 60, 70, 80, 90, 100, 200, 500, 1000)
 """The cut-offs the published evaluation reports (those up to its retrieval depth)."""
@@ -81,27 +85,83 @@ def _pad(rows: list[np.ndarray], width: int | None = None) -> np.ndarray:
 
 
 def ranked_grades(qrels: dict[str, dict[str, float]], run: dict[str, dict[str, float]]) -> RankedGrades:
-    """Convert trec-style dicts into :class:`RankedGrades` for every query in ``qrels``."""
-    trec_rows, python_rows, ideal_rows, hole_rows, in_run, qids = [], [], [], [], [], []
-    annotated = {doc for judged in qrels.values() for doc in judged}
-    for qid, judged in qrels.items():
-        ranking = run.get(qid, {})
-        docs = list(ranking.keys())
-        scores = np.fromiter(ranking.values(), dtype=np.float64, count=len(docs))
-        grades = np.fromiter((judged.get(d, 0) for d in docs), dtype=np.float64, count=len(docs))
-        python_order = np.argsort(-scores, kind="stable")
-        # trec_eval: score descending, then doc id descending (byte-wise == code-point order)
-        id_rank = np.argsort(np.argsort(np.asarray(docs, dtype=object).astype(str), kind="stable"))
-        trec_order = np.lexsort((-id_rank, -scores))
-        trec_rows.append(grades[trec_order])
-        python_rows.append(grades[python_order])
-        ideal_rows.append(np.sort(np.fromiter(judged.values(), dtype=np.float64, count=len(judged)))[::-1])
-        hole_rows.append(np.fromiter((d not in annotated for d in docs), dtype=np.float64, count=len(docs))[python_order])
-        in_run.append(qid in run)
-        qids.append(qid)
-    width = max((len(r) for r in trec_rows), default=1)
-    return RankedGrades(_pad(trec_rows, width), _pad(python_rows, width), _pad(ideal_rows),
-                        np.asarray(in_run, dtype=bool), qids, _pad(hole_rows, width))
+    """Convert trec-style dicts into :class:`RankedGrades` for every query in ``qrels``.
+
+    The run's entries are read once in Python (ids, scores, each looked up in its own query's qrels);
+    the rest is array work over all queries at once: each query's ranking is one row of a (Q, K) stable
+    sort, and trec_eval's doc-id tie-break is applied only where scores tie."""
+    qids = list(qrels)
+    chain = itertools.chain.from_iterable
+    judged_query = np.repeat(np.arange(len(qids)), list(map(len, qrels.values())))
+    judged_grade = np.fromiter(chain(map(dict.values, qrels.values())), np.float64, len(judged_query))
+    rankings = [run.get(qid, {}) for qid in qids]
+    counts = np.fromiter(map(len, rankings), dtype=np.int64, count=len(qids))
+    n, width = int(counts.sum()), max(int(counts.max(initial=0)), 1)
+    docs = list(chain(rankings))
+    scores = np.fromiter(chain(map(dict.values, rankings)), dtype=np.float64, count=n)
+    # each entry's grade in its own query's qrels (small dicts: fast lookups); NaN where not judged there
+    own = np.fromiter(chain(map(judged.get, ranking, itertools.repeat(np.nan)) for ranking, judged in
+                            zip(rankings, qrels.values())), dtype=np.float64, count=n)
+    judged_here = ~np.isnan(own)
+    grades = np.where(judged_here, own, 0.0)
+    judged_anywhere = _members(docs, set(chain(qrels.values())), known=judged_here)
+    rows, column = np.repeat(np.arange(len(qids)), counts), np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+
+    def padded(values, fill=0.0) -> np.ndarray:
+        out = np.full((len(qids), width), fill)
+        out[rows, column] = values
+        return out
+
+    # the run's own order: stable by score descending (padding, +inf, last)
+    negated = padded(-scores, np.inf)
+    if (negated[:, 1:] >= negated[:, :-1]).all():  # already ranked, as run files are written: no sort
+        python_order = np.broadcast_to(np.arange(width), negated.shape).copy()
+    else:
+        python_order = np.argsort(negated, axis=1, kind="stable")
+    # trec_eval's: score descending, then doc id descending (byte-wise == code-point order), among ties only
+    trec_order = python_order.copy()
+    ranked_scores = np.take_along_axis(negated, python_order, axis=1)
+    valid = np.arange(width)[None, :] < counts[:, None]
+    same = (ranked_scores[:, 1:] == ranked_scores[:, :-1]) & valid[:, 1:]
+    tied_row, tied_column = np.nonzero(np.pad(same, ((0, 0), (0, 1))) | np.pad(same, ((0, 0), (1, 0))))
+    if len(tied_row):
+        entry = (np.cumsum(counts) - counts)[tied_row] + python_order[tied_row, tied_column]
+        tied_docs = [docs[i] for i in entry.tolist()]
+        name_rank = {d: r for r, d in enumerate(sorted(set(tied_docs)))}
+        id_rank = np.fromiter(map(name_rank.get, tied_docs), dtype=np.int64, count=len(tied_docs))
+        within = np.lexsort((-id_rank, ranked_scores[tied_row, tied_column], tied_row))
+        trec_order[tied_row, tied_column] = python_order[tied_row, tied_column][within]
+    grade_matrix, unjudged = padded(grades), padded(~judged_anywhere)
+    return RankedGrades(np.take_along_axis(grade_matrix, trec_order, axis=1),
+                        np.take_along_axis(grade_matrix, python_order, axis=1),
+                        _ideal_grades(judged_query, judged_grade, len(qids)),
+                        np.fromiter((qid in run for qid in qids), dtype=bool, count=len(qids)), qids,
+                        np.take_along_axis(unjudged, python_order, axis=1))
+
+
+def _members(items: list[str], members: set[str], known: np.ndarray) -> np.ndarray:
+    """Whether each of ``items`` is in ``members``, where ``known`` does not already say so.
+
+    A 2^24-bit filter of the members' hashes is checked first, as one array lookup for all items; only
+    the items it lets through are looked up in the set, which is what costs on millions of entries
+    (a string's hash is computed once and cached, so the set lookups do not hash again)."""
+    bits = np.zeros(1 << 24, dtype=bool)
+    bits[np.fromiter(map(hash, members), dtype=np.int64, count=len(members)) & 0xFFFFFF] = True
+    hashes = np.fromiter(map(hash, items), dtype=np.int64, count=len(items))
+    out = known.copy()
+    ask = np.flatnonzero(bits[hashes & 0xFFFFFF] & ~known)
+    out[ask] = np.fromiter(map(members.__contains__, map(items.__getitem__, ask.tolist())), dtype=bool, count=len(ask))
+    return out
+
+
+def _ideal_grades(judged_query: np.ndarray, judged_grade: np.ndarray, n_queries: int) -> np.ndarray:
+    """(Q, J) every judged grade of each query, descending, zero-padded to the most judged."""
+    counts = np.bincount(judged_query, minlength=n_queries)
+    by_query = np.lexsort((-judged_grade, judged_query))
+    column = np.arange(len(by_query)) - np.repeat(np.cumsum(counts) - counts, counts)
+    ideal = np.zeros((n_queries, max(int(counts.max(initial=0)), 1)))
+    ideal[judged_query[by_query], column] = judged_grade[by_query]
+    return ideal
 
 
 def ranked_grades_from_topk(topk_index: np.ndarray, topk_scores: np.ndarray, judged_query: np.ndarray,
@@ -130,13 +190,7 @@ def ranked_grades_from_topk(topk_index: np.ndarray, topk_scores: np.ndarray, jud
     python = np.where(found, grades[position] if len(keys) else 0.0, 0.0)
     trec_order = np.lexsort((-doc_id_rank[topk_index], -topk_scores.astype(np.float64)), axis=-1)
     trec = np.take_along_axis(python, trec_order, axis=1)
-    # ideal: every judged grade per query, descending, zero-padded
-    counts = np.bincount(judged_query, minlength=n_queries)
-    by_query = np.lexsort((-judged_grade, judged_query))
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    column = np.arange(len(by_query)) - starts[judged_query[by_query]]
-    ideal = np.zeros((n_queries, max(int(counts.max(initial=0)), 1)))
-    ideal[judged_query[by_query], column] = judged_grade[by_query]
+    ideal = _ideal_grades(judged_query, judged_grade, n_queries)
     hole = (~np.isin(topk_index, judged_doc[inside])).astype(np.float64)
     return RankedGrades(trec, python, ideal, np.ones(n_queries, dtype=bool), list(query_ids), hole)
 
@@ -220,6 +274,8 @@ def mean_metrics(g: RankedGrades, ks=PUBLISHED_KS, rounding: bool = True, missin
 
 def per_query_frame(g: RankedGrades, ks=PUBLISHED_KS) -> pd.DataFrame:
     """Per-query metrics as a DataFrame indexed by query id (for distributions and win/loss plots)."""
+    import pandas as pd  # here, not at the top: the command line does without it
+
     return pd.DataFrame(per_query_arrays(g, ks), index=pd.Index(g.query_ids, name="query"))
 
 
@@ -284,20 +340,20 @@ def main(argv: list[str] | None = None) -> int:
                              "default and the reference's) or count it as 0 (trec_eval -c); MRR, ERR and RBP "
                              "always count it as 0")
     args = parser.parse_args(argv)
-    from gclcore.data import DataFormatError, read_companion
+    from gclcore.data.errors import DataFormatError
+    from gclcore.data.json_files import load_json, read_companion
 
     try:
         qrels = read_companion(args.qrels)
         if qrels.kind == "queries":
             raise DataFormatError(args.qrels, "this is a query-text file, not qrels")
-        with open(args.run, encoding="utf-8") as fh:
-            run = json.load(fh)
+        run = load_json(args.run)
         if not isinstance(run, dict) or not all(isinstance(v, dict) for v in run.values()):
             raise DataFormatError(args.run, "expected a run object {query_id: {doc_id: score}}")
         if not any(run.get(qid) for qid in qrels.data):
             raise DataFormatError(args.run, f"ranks no document for any of the {len(qrels.data):,} queries of "
                                   f"{args.qrels}", fix="check the two files belong together (same query ids)")
-    except (DataFormatError, json.JSONDecodeError, OSError) as err:
+    except (DataFormatError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     unranked, unjudged = len(set(qrels.data) - set(run)), len(set(run) - set(qrels.data))

@@ -54,7 +54,8 @@ doc_ids = st.sampled_from(["1", "2", "9", "10", "11", "99", "100", "a", "b", "B"
 @st.composite
 def graded_runs(draw):
     """Random graded qrels and runs with many ties (scores from a 4-value set) and id orders where
-    numeric and byte-wise order disagree ("9" > "10")."""
+    numeric and byte-wise order disagree ("9" > "10"); half of the runs list each query's documents in
+    rank order, as run files are written (ranked_grades then skips its sort)."""
     qrels, run = {}, {}
     for q in range(draw(st.integers(1, 5))):
         judged = draw(st.dictionaries(doc_ids, st.integers(0, 6), min_size=1, max_size=8))
@@ -63,6 +64,8 @@ def graded_runs(draw):
         qrels[f"q{q}"] = judged
         if draw(st.booleans()) or q == 0:
             run[f"q{q}"] = draw(st.dictionaries(doc_ids, st.sampled_from([0.25, 0.5, 0.75, 1.0]), max_size=12))
+    if draw(st.booleans()):
+        run = {qid: dict(sorted(ranking.items(), key=lambda item: -item[1])) for qid, ranking in run.items()}
     return qrels, run
 
 

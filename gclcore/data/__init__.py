@@ -40,70 +40,35 @@ and images, each file read once per process; a new layout is a new way to fill t
 :mod:`~gclcore.data.cli` (``python -m gclcore.data validate | remap-images | to-parquet``).
 """
 
-from gclcore.data.cli import main
-from gclcore.data.csv_reader import (
-                                 FLOAT_COLUMNS,
-                                 ID_COLUMNS,
-                                 INT_COLUMNS,
-                                 PANDAS_NA_STRINGS,
-                                 REQUIRED_COLUMNS,
-                                 CsvReadReport,
-                                 read_split_csv,
-)
-from gclcore.data.dataset import (
-                                 CsvDataset,
-                                 Dataset,
-                                 FilesDataset,
-                                 ParquetDataset,
-                                 detect_layout,
-                                 files_dataset,
-                                 open_dataset,
-                                 split_stems,
-)
-from gclcore.data.errors import DataFormatError, DataWarning, warn_once
-from gclcore.data.files import atomic_write, write_csv
-from gclcore.data.images import (
-    ImageResolver,
-    ImageSource,
-    ImageStatus,
-    decode_image,
-    decode_image_bytes,
-    image_basename,
-    placeholder,
-)
-from gclcore.data.json_files import EXPECTED_QRELS, Companion, describe_json, read_companion, read_corpus
-from gclcore.data.layout import (
-                                 COMPANION_SUFFIXES,
-                                 CORPUS_FILES,
-                                 CSV_COLUMNS,
-                                 SPLIT_CORPUS,
-                                 SPLIT_NAMES,
-                                 SPLIT_STEMS,
-                                 SplitFiles,
-                                 canonical_stem,
-                                 split_files,
-                                 split_halves,
-                                 split_stem,
-)
-from gclcore.data.parquet import (
-                                 ParquetImages,
-                                 ParquetSplit,
-                                 image_ref,
-                                 parquet_split_files,
-                                 parse_image_ref,
-                                 write_parquet_split,
-)
-from gclcore.data.remap import remap_corpus_images, remap_csv_images, remap_images
-from gclcore.data.validation import Finding, ValidationReport, validate
+# The names below load their module on first use (PEP 562), so that a light command (``python -m
+# gclcore.metrics`` reading qrels) does not import pandas, Pillow and pyarrow for readers it never calls.
+import importlib
 
-__all__ = [
-    "COMPANION_SUFFIXES", "CORPUS_FILES", "CSV_COLUMNS", "EXPECTED_QRELS", "FLOAT_COLUMNS", "ID_COLUMNS", "INT_COLUMNS",
-    "PANDAS_NA_STRINGS", "REQUIRED_COLUMNS", "SPLIT_CORPUS", "SPLIT_NAMES", "SPLIT_STEMS",
-    "Companion", "CsvDataset", "CsvReadReport", "DataFormatError", "DataWarning", "Dataset", "FilesDataset", "Finding",
-    "ImageResolver", "ImageSource", "ImageStatus", "ParquetDataset", "ParquetImages", "ParquetSplit",
-    "SplitFiles", "ValidationReport", "atomic_write", "canonical_stem", "decode_image", "decode_image_bytes", "describe_json",
-    "detect_layout", "files_dataset", "image_basename", "image_ref", "main", "open_dataset", "parquet_split_files",
-    "parse_image_ref", "placeholder", "read_companion", "read_corpus",
-    "read_split_csv", "remap_corpus_images", "remap_csv_images", "remap_images", "split_files", "split_halves",
-    "split_stem", "split_stems", "validate", "warn_once", "write_csv", "write_parquet_split",
-]
+_EXPORTS = {  # module -> the names it gives the package
+    "cli": "main",
+    "csv_reader": "FLOAT_COLUMNS ID_COLUMNS INT_COLUMNS PANDAS_NA_STRINGS REQUIRED_COLUMNS CsvReadReport read_split_csv",
+    "dataset": "CsvDataset Dataset FilesDataset ParquetDataset detect_layout files_dataset open_dataset split_stems",
+    "errors": "DataFormatError DataWarning warn_once",
+    "files": "atomic_write write_csv",
+    "images": "ImageResolver ImageSource ImageStatus decode_image decode_image_bytes image_basename placeholder",
+    "json_files": "EXPECTED_QRELS Companion describe_json read_companion read_corpus",
+    "layout": ("COMPANION_SUFFIXES CORPUS_FILES CSV_COLUMNS SPLIT_CORPUS SPLIT_NAMES SPLIT_STEMS SplitFiles "
+               "canonical_stem split_files split_halves split_stem"),
+    "parquet": "ParquetImages ParquetSplit image_ref parquet_split_files parse_image_ref write_parquet_split",
+    "remap": "remap_corpus_images remap_csv_images remap_images",
+    "validation": "Finding ValidationReport validate",
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names.split()}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
