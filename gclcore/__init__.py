@@ -11,10 +11,10 @@ One concern per module:
 - ``evaluate``    the published evaluation protocol
 - ``fusion``      fields, sides and multi-field embedding fusion
 - ``weights``     score-to-weight functions
-- ``loss``        the GCL loss
+- ``loss``        the GCL loss;  ``tiled_loss``  the same in blocks, for large batches
 - ``models``      encoders (open_clip models, released checkpoints, the embedded default)
 - ``features``    locked trunks with cached features
-- ``loaders``     DataLoader datasets of images
+- ``loaders``     DataLoader datasets of images;  ``image_store``  images resized once, memory-mapped
 - ``config``      the training configuration and its one override parser
 - ``towers``      head-only and full fine-tuning towers;  ``optim``  optimiser, schedule, precision
 - ``checkpoint``  train state, saves and exact resume;  ``runlog``  the run's log

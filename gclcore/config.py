@@ -87,6 +87,8 @@ class TrainConfig:
     save_rankings: bool = True              # write each evaluated split's retrieval.json (top-k of every query)
     output_dir: str = "runs/default"
     feature_cache_dir: str = ""             # "" -> <data_dir>/.feature-cache
+    image_store_dir: str = ""               # image stores (python -m gclcore.image_store build), used when one
+                                            # matches the model; "" -> <data_dir>/.image-store; "none": off
     resume: str = ""                        # "" | "latest" | path to a state file
     save_every: int = 0                     # steps between full-state saves (0: each epoch, -1: at the end only)
     save_every_minutes: int = 30            # also save the state once this long since the last save (0: off)
@@ -223,7 +225,7 @@ RESUME_MAY_CHANGE = frozenset({
     "resume", "output_dir", "data_dir", "image_root", "hf_dir", "feature_cache_dir", "device", "dist_backend",
     "dist_timeout_min", "workers", "progress", "tensorboard", "log_every", "save_every", "save_every_minutes",
     "epoch_checkpoints", "eval_every", "test_splits", "epochs", "max_steps", "warmup_steps", "max_bad_images",
-    "max_bad_steps", "save_rankings", "loss_tile", "grad_checkpointing", "grad_sync"})
+    "max_bad_steps", "save_rankings", "loss_tile", "grad_checkpointing", "grad_sync", "image_store_dir"})
 """Fields a resumed run may change (where things are, how it reports and saves, how long it runs: the
 default full fine-tuning warm-up follows the run's length); any other difference means another run, and
 resuming refuses it (:meth:`TrainConfig.resume_conflicts`)."""

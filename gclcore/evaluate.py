@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gclcore import metrics
+from gclcore import image_store, metrics
 from gclcore.data import DataFormatError, Dataset, ImageResolver, atomic_write, open_dataset, warn_once
 from gclcore.data.images import DEFAULT_MAX_BAD, ImageStatus
 from gclcore.fusion import Field, Side, format_fields, parse_fields
@@ -238,7 +238,7 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
                    ks: tuple[int, ...] | None = None, cache_dir: str | os.PathLike | None | bool = None,
                    progress: bool = True, corpus_subset: np.ndarray | None = None,
                    search_device: str | None = None, max_bad_images: float = DEFAULT_MAX_BAD,
-                   save_rankings: bool = True) -> SplitResult:
+                   save_rankings: bool = True, image_store_dir: str = "") -> SplitResult:
     """Evaluate one split (a CSV stem or HF split name) and write the reference outputs to ``output_dir``.
 
     ``data`` is a dataset folder or a :class:`gclcore.data.Dataset`; ``image_root`` (with a folder) is
@@ -251,6 +251,9 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     products, as if the corpus held just them: not the published protocol, a bounded in-training check.
     Missing or unreadable images are embedded as grey placeholders, counted in ``output.json`` and warned
     about; more than ``max_bad_images`` of them (a fraction) stops the evaluation with an error instead.
+    Images come from the dataset's image store for the encoder's transform when there is one
+    (:mod:`gclcore.image_store`; ``image_store_dir``: where stores are, ``"none"``: decode the originals):
+    the same pixels, without decoding.
     ``save_rankings=False`` leaves out ``retrieval.json`` (every query's top ``top_k`` products with their
     scores: the largest file, ~40 MB per 1,000 queries, needed only to recompute the metrics with
     ``--metric-only`` or to show ranked examples); the metrics are the same.
@@ -271,6 +274,8 @@ def evaluate_split(encoder: TextImageEncoder, data: str | os.PathLike | Dataset,
     timings["qrels_s"] = time.perf_counter() - t0
 
     resolver = _image_source(dataset, lhs_fields + rhs_fields, max_bad_images)
+    if resolver is not None and any(f.is_image for f in rhs_fields + lhs_fields):
+        resolver = image_store.source_for(dataset, resolver, getattr(encoder, "preprocess", None), image_store_dir)
     cache = None if cache_dir is False else Path(cache_dir) if cache_dir is not None else out / "cache"
 
     checksum = encoder.checksum()
@@ -557,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--corpus", "--doc-meta", help="the corpus JSON that --test-csv is evaluated against")
     data.add_argument("--image-root", help="image folder (resolved by basename); needed for image fields")
     data.add_argument("--split", default="all", help="with --data-dir: a split stem, HF name, or all")
+    data.add_argument("--image-store-dir", default="", help="where image stores are (python -m gclcore.image_store "
+                      "build; default <data-dir>/.image-store, used when one matches the model); none: decode the files")
     model = parser.add_argument_group("model")
     model.add_argument("--model", "--model_name", default="default",
                        help="open_clip model name, default (embedded), hf:DIR (a Hugging Face text model "
@@ -639,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                                    pooling=args.pooling, hf_dir=args.hf_dir)
         options = dict(lhs_fields=lhs, rhs_fields=rhs, weight_key=args.weight_key, top_q=args.top_q, top_k=args.top_k,
                        query_set=args.query_set, cache_dir=False if args.overwrite_feature else args.cache_dir,
-                       max_bad_images=args.max_bad_images,
+                       max_bad_images=args.max_bad_images, image_store_dir=args.image_store_dir,
                        search_device="cpu" if args.run_queries_cpu else None)
         if args.test_csv:
             [split] = dataset.resolve_splits("all")

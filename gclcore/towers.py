@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gclcore import image_store
 from gclcore.data import Dataset, ImageResolver, ImageSource
 from gclcore.data.images import DEFAULT_MAX_BAD
 from gclcore.fusion import Field
@@ -51,7 +52,8 @@ class HeadTowers:
     """
 
     def __init__(self, encoder, rows: pd.DataFrame, fields: tuple[Field, ...], dataset: Dataset, cache_dir: str,
-                 workers: int, progress: bool, max_bad_images: float = DEFAULT_MAX_BAD, missing: str = "placeholder"):
+                 workers: int, progress: bool, max_bad_images: float = DEFAULT_MAX_BAD, missing: str = "placeholder",
+                 image_store_dir: str = ""):
         from gclcore.features import FeatureCache, HeadEncoder, check_splittable, dataset_inputs, trunk_parameters
 
         check_splittable(encoder.model)
@@ -60,7 +62,8 @@ class HeadTowers:
         text_fields = sorted({"query", "title"} | {f.name for f in fields if not f.is_image})
         image_fields = sorted({"image_local"} | {f.name for f in fields if f.is_image})
         texts, images = dataset_inputs(dataset, text_fields, image_fields)
-        self.resolver = resolver = dataset.image_resolver(missing, max_bad_images)
+        self.resolver = resolver = image_store.source_for(dataset, dataset.image_resolver(missing, max_bad_images),
+                                                          encoder.preprocess, image_store_dir)
         cache = FeatureCache.build(encoder, texts, images, resolver, cache_dir, progress=progress,
                                    workers=None if workers < 0 else workers)
         if resolver is not None:
@@ -200,18 +203,23 @@ def field_prefixes(encoder, query_fields: tuple[Field, ...], document_fields: tu
 def build_towers(freeze: str, encoder, rows: pd.DataFrame, fields: tuple[Field, ...], dataset: Dataset, *,
                  cache_dir: str, seed: int, workers: int, progress: bool,
                  prefixes: dict[str, str] | None = None, max_bad_images: float = DEFAULT_MAX_BAD,
-                 missing_images: str = "placeholder") -> Towers:
+                 missing_images: str = "placeholder", image_store_dir: str = "") -> Towers:
     """Head or full towers for ``freeze`` (``"trunks"``, ``"none"`` or ``"auto"``: :func:`resolve_freeze`);
     ``prefixes`` (:func:`field_prefixes`) are prepended to those text fields (full fine-tuning). Images
     go through one resolver that counts every missing or unreadable one and stops the run past
-    ``max_bad_images`` (a fraction of the images seen); ``missing_images="error"`` stops it at the first."""
+    ``max_bad_images`` (a fraction of the images seen); ``missing_images="error"`` stops it at the first.
+    Images come from the dataset's image store for the model when there is one (:mod:`gclcore.image_store`,
+    ``image_store_dir``): the same pixels for the eval transform; the training transform then crops the
+    stored centre square."""
     policy = "error" if missing_images == "error" else "placeholder"
     if resolve_freeze(freeze, encoder.model) == "trunks":
         if prefixes:
             raise ValueError(f"text prefixes ({prefixes}) need full fine-tuning: freeze=none")
         return HeadTowers(encoder, rows, fields, dataset, cache_dir or str(dataset.root / ".feature-cache"), workers,
-                          progress, max_bad_images, policy)
-    return FullTowers(encoder, rows, fields, dataset.image_resolver(policy, max_bad_images), seed, workers, prefixes)
+                          progress, max_bad_images, policy, image_store_dir)
+    resolver = image_store.source_for(dataset, dataset.image_resolver(policy, max_bad_images), encoder.preprocess,
+                                      image_store_dir)
+    return FullTowers(encoder, rows, fields, resolver, seed, workers, prefixes)
 
 
 def split_batch(batch, parts: int) -> list:

@@ -229,7 +229,8 @@ class DevEvaluation:
                                     Path(cfg.output_dir) / "eval" / f"step-{state.step:06d}", lhs_fields=self.lhs,
                                     rhs_fields=self.rhs, top_q=cfg.eval_top_q, top_k=cfg.eval_top_k, query_set=cfg.eval_query_set,
                                     cache_dir=False, progress=False, corpus_subset=self.subset,
-                                    max_bad_images=cfg.max_bad_images, save_rankings=cfg.save_rankings)
+                                    max_bad_images=cfg.max_bad_images, save_rankings=cfg.save_rankings,
+                                    image_store_dir=cfg.image_store_dir)
             self.log.append({"step": state.step, "epoch": state.epoch, **self.sizes,
                              **{f"eval/{k}": v for k, v in result.metrics.items()}})
         distributed.barrier(self.ctx)
@@ -247,7 +248,7 @@ class DevEvaluation:
             return evaluate(self.towers.eval_encoder, self.dataset, Path(cfg.output_dir) / "test", cfg.test_splits,
                             lhs_fields=self.lhs, rhs_fields=self.rhs, top_q=cfg.eval_top_q, top_k=cfg.eval_top_k,
                             cache_dir=cache, progress=False, max_bad_images=cfg.max_bad_images,
-                            save_rankings=cfg.save_rankings)
+                            save_rankings=cfg.save_rankings, image_store_dir=cfg.image_store_dir)
 
 
 def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, **overrides) -> TrainResult:
@@ -284,7 +285,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     towers = distributed.main_first(ctx, lambda: build_towers(
         cfg.freeze, encoder, rows, lhs + rhs, dataset, cache_dir=cfg.feature_cache_dir, seed=cfg.seed,
         workers=cfg.workers, progress=cfg.progress, prefixes=field_prefixes(encoder, lhs, rhs),
-        max_bad_images=cfg.max_bad_images, missing_images=cfg.missing_images))
+        max_bad_images=cfg.max_bad_images, missing_images=cfg.missing_images, image_store_dir=cfg.image_store_dir))
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(model, cfg.freeze)
     objective = PairObjective(rows, lhs, rhs, cfg, model, device,
