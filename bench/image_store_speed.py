@@ -3,12 +3,13 @@
     python bench/image_store_speed.py [--images 2000] [--photo-size 800] [--model ViT-B-32] [--workers 1]
 
 Writes ``--images`` product-photo-like JPEGs (``--photo-size`` px square, quality 90: smooth gradients and
-shapes, ~60-100 KB each, like catalogue photos) to a temporary folder, stores them for the model's eval
+shapes; their size is printed) to a temporary folder, stores them for the model's eval
 transform (``gclcore.image_store.write_store``), then times a DataLoader over all of them (batches of 64,
 ``--workers`` worker processes, so images/s per worker = per core) twice per source, as training and
 evaluation read them: with the model's training transform (``RandomResizedCrop`` ...) and its eval
 transform, from the files (``ImageResolver``: decode + resize) and from the store (``StoredImages``: a
 memory-mapped row). The store's build time (decode + resize once) is printed too. Best of ``--rounds``.
+Prints JSON and draws ``bench/image_store_speed.png``.
 """
 
 import argparse
@@ -21,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+HERE = Path(__file__).resolve().parent
+
 
 def write_photos(folder: Path, count: int, size: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
@@ -32,9 +35,9 @@ def write_photos(folder: Path, count: int, size: int, seed: int = 0) -> list[str
         image = Image.fromarray(pixels)
         draw = ImageDraw.Draw(image)
         for _ in range(4):
-            x0, y0 = rng.integers(0, size // 2, 2)
-            x1, y1 = x0 + rng.integers(size // 8, size // 2, 2)
-            draw.ellipse((int(x0), int(y0), int(x1), int(y1)), fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+            corner = rng.integers(0, size // 2, 2)
+            box = [*corner.tolist(), *(corner + rng.integers(size // 8, size // 2, 2)).tolist()]
+            draw.ellipse(box, fill=tuple(rng.integers(0, 255, 3).tolist()))
         name = f"photo-{i:06d}.jpg"
         image.save(folder / name, quality=90)
         names.append(name)
@@ -84,6 +87,32 @@ def main():
                                                                               args.rounds), 1)
             out[f"{kind}_speedup"] = round(out[f"{kind}_store_images_per_s"] / out[f"{kind}_files_images_per_s"], 2)
     print(json.dumps(out, indent=1))
+    plot(out, HERE / "image_store_speed.png")
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    kinds, y = ["train", "eval"], np.arange(2)
+    for offset, label, name, color in ((0.2, "original files (decode + resize)", "files", "#999999"),
+                                       (-0.2, "image store (memory-mapped rows)", "store", "#2b6cb0")):
+        speeds = [out[f"{kind}_{name}_images_per_s"] for kind in kinds]
+        ax.barh(y + offset, speeds, height=0.38, label=label, color=color)
+        if name == "store":
+            for i, kind in enumerate(kinds):
+                ax.annotate(f"{out[f'{kind}_speedup']:.1f}x", (speeds[i], y[i] + offset), xytext=(4, 0),
+                            textcoords="offset points", va="center", fontsize=9)
+    ax.set_yticks(y, ["training transform", "eval transform"])
+    ax.set(xlabel=f"images / s, {out['workers']} DataLoader worker",
+           title=f"{out['photo_size']} px JPEGs -> {out['model']} ({out['stored_size']} px)")
+    ax.set_xlim(0, 1.15 * max(out[f"{kind}_store_images_per_s"] for kind in kinds))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -480,6 +480,40 @@ def test_train_step_accumulation_equals_the_full_batch_step(tmp_path, tiny_shop,
     assert all(torch.allclose(updated[0][k], updated[1][k], atol=1e-6) for k in updated[0])
 
 
+def test_a_large_batch_step_with_every_memory_saving_equals_the_plain_step(tiny_shop):
+    """Full fine-tuning of a ViT-S-32 CLIP (LayerNorm, no dropout: micro-batches see what the whole batch
+    sees), one SGD step on 16 rows (updates linear in the gradients: Adam's first step would turn float
+    noise on near-zero gradients into +-lr): 4 micro-batches (GradCache) + the tiled loss (blocks of 4) +
+    gradient checkpointing of both towers give the weights of one dense, stored-activation step."""
+    from gclcore.data import open_dataset
+    from gclcore.fusion import parse_fields
+
+    updated = []
+    for accum_freq, loss_tile, checkpointing in ((1, 0, False), (4, 4, True)):
+        cfg = trainer.TrainConfig(data_dir=str(tiny_shop), workers=0, loss_tile=loss_tile, model="ViT-S-32")
+        lhs, rhs = parse_fields(cfg.lhs_fields), parse_fields(cfg.rhs_fields)
+        rows = trainer.training_rows(cfg, lhs + rhs)
+        torch.manual_seed(0)
+        encoder = load_encoder("ViT-S-32", pretrained="none", device="cpu")
+        if checkpointing:
+            trainer.enable_grad_checkpointing(encoder.model, "none")
+        towers = build_towers("none", encoder, rows, lhs + rhs, open_dataset(tiny_shop), cache_dir="", seed=0,
+                              workers=0, progress=False)
+        objective = trainer.PairObjective(rows, lhs, rhs, cfg, encoder.model, torch.device("cpu"))
+        params = towers.trainable() + [encoder.model.logit_scale]
+        optimizer = torch.optim.SGD(params, lr=0.5)
+        before = {k: v.clone() for k, v in encoder.model.state_dict().items()}
+        batch = next(towers.loader([np.arange(16)], epoch=0))
+        loss, taken = trainer.train_step(towers, objective, batch, optimizer, Precision.choose("fp32", torch.device("cpu")),
+                                         params, accum_freq=accum_freq, grad_clip=0.0)
+        assert taken and torch.isfinite(loss)
+        after = encoder.model.state_dict()
+        assert sum(not torch.equal(after[k], before[k]) for k in after) > 100  # the step changed the towers
+        updated.append({k: v.clone() for k, v in after.items()})
+    plain, saving = updated
+    assert all(torch.allclose(plain[k], saving[k], atol=1e-6) for k in plain)
+
+
 class PathHashEncoder:
     """An embedding per text / resolved image path from its hash: the same item always embeds the same,
     whatever else is embedded with it (so two corpora can be compared exactly)."""
