@@ -127,7 +127,10 @@ def resolve_pretrained(model: str, pretrained: str | None, cache_dir: str | None
             raise PretrainedUnavailable(f"model {model!r}: pretrained={value!r} is not a file; it takes a "
                                         f"checkpoint file, '' (its packaged pretrained towers) or 'none'")
         return ""
-    if model.startswith(("hf-hub:", "local-dir:")):
+    if model.startswith(LOCAL_DIR_PREFIX) and value:
+        raise PretrainedUnavailable(f"model {model!r}: pretrained={value!r} is not a file; the folder's own weights "
+                                    f"are used without pretrained, or give a checkpoint file or 'none'")
+    if model.startswith(("hf-hub:", LOCAL_DIR_PREFIX)):
         return value  # the weights come with the model name itself (open_clip loads them)
     if is_text_model(model):
         if value:
@@ -499,6 +502,9 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     name = DEFAULT_MODEL if model in ("default", DEFAULT_MODEL) else model
     pretrained = resolve_pretrained(name, pretrained, open_clip_kwargs.get("cache_dir"))
     text_only = name.startswith(HF_PREFIX)
+    if text_only:
+        pooling, prompts = _sentence_transformers_settings(name[len(HF_PREFIX):], pooling)
+        query_prefix, document_prefix = query_prefix or prompts.get("query", ""), document_prefix or prompts.get("document", "")
     if is_text_model(name):
         cfg = (hf_text_config(name[len(HF_PREFIX):], pooling, context_length or 77) if text_only
                else read_config_file(name, hf_dir))
@@ -511,14 +517,17 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     if name == DEFAULT_MODEL:
         norm = _register_default_config(name)
         open_clip_kwargs = {"image_mean": norm.get("mean"), "image_std": norm.get("std"), **open_clip_kwargs}
-        with _expected_messages_silenced():
+        with expected_messages_silenced():
             net, preprocess_train, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=None, pretrained_text=not random_init, **open_clip_kwargs)
         if not random_init:
             net.visual.trunk.load_state_dict(
                 {k: v for k, v in lite0_state_dict().items() if not k.startswith("classifier.")})
+    elif name.startswith(LOCAL_DIR_PREFIX):
+        net, preprocess_train, preprocess = _local_dir_model(name, open_clip_kwargs)
+        checkpoint = checkpoint or (None if random_init else _local_dir_weights(name))
     elif is_text_model(model):  # the Hugging Face weights come with the text tower, whatever open_clip says
-        with _expected_messages_silenced(), _root_messages_dropped("Model initialized randomly"):
+        with expected_messages_silenced(), _root_messages_dropped("Model initialized randomly"):
             net, preprocess_train, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=None, pretrained_text=not random_init, **open_clip_kwargs)
     else:
@@ -537,6 +546,71 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     return Encoder(net, open_clip.get_tokenizer(name), preprocess_train, preprocess, model if is_text_model(model)
                    else name, pretrained or None, device, batch_size, precision, context_length, workers, progress,
                    text_only, {"query": query_prefix, "document": document_prefix})
+
+
+LOCAL_DIR_PREFIX = "local-dir:"
+"""``local-dir:DIR``: a folder in open_clip's hub layout (``open_clip_config.json`` + weights), e.g. one written
+by :mod:`gclcore.export`."""
+
+
+def _local_dir_folder(name: str) -> Path:
+    folder = Path(name[len(LOCAL_DIR_PREFIX):]).expanduser().resolve()
+    if not (folder / "open_clip_config.json").is_file():
+        raise PretrainedUnavailable(f"{name}: {folder / 'open_clip_config.json'} not found; local-dir: takes a folder "
+                                    f"in open_clip's hub layout, such as one written by python -m gclcore.export")
+    return folder
+
+
+def _local_dir_model(name: str, open_clip_kwargs: dict):
+    """Build a ``local-dir:`` folder's model without weights (they follow): open_clip's own reading of the folder,
+    except that a Hugging Face text tower whose ``config.json`` is in the folder is built from it instead of
+    from its hub id, so nothing is fetched."""
+    import open_clip
+
+    folder = _local_dir_folder(name)
+    spec = json.loads((folder / "open_clip_config.json").read_text())
+    cfg, pre = spec["model_cfg"], spec.get("preprocess_cfg", {})
+    text = cfg.get("text_cfg", {})
+    if text.get("hf_model_name") and (folder / "config.json").is_file():
+        text["hf_model_name"] = text["hf_tokenizer_name"] = str(folder)
+    registered = _register_config(f"gclcore-{hashlib.sha256(json.dumps(cfg).encode()).hexdigest()[:12]}", cfg)
+    transforms = {"image_mean": pre.get("mean"), "image_std": pre.get("std"),
+                  "image_interpolation": pre.get("interpolation"), "image_resize_mode": pre.get("resize_mode")}
+    with expected_messages_silenced(), _root_messages_dropped("Model initialized randomly"):
+        return open_clip.create_model_and_transforms(registered, pretrained=None, pretrained_text=False,
+                                                     **{**transforms, **open_clip_kwargs})
+
+
+def _local_dir_weights(name: str) -> str:
+    """The weights file open_clip itself would load from a ``local-dir:`` folder (safetensors first)."""
+    from open_clip.factory import _find_checkpoint_in_dir
+
+    folder = _local_dir_folder(name)
+    found = _find_checkpoint_in_dir(folder)
+    if not found:
+        raise PretrainedUnavailable(f"{name}: {folder} has no weights file (open_clip_model.safetensors)")
+    return found
+
+
+def _sentence_transformers_settings(spec: str, pooling: str) -> tuple[str, dict[str, str]]:
+    """``pooling`` checked against a sentence-transformers folder's own (``1_Pooling/config.json``), and its
+    ``query`` / ``document`` prompts (``config_sentence_transformers.json``); a plain transformers folder
+    has neither. A folder whose pooling is not ``pooling`` is refused rather than read with another."""
+    folder = Path(hf_model_dir(spec))
+    pooling_file, st_file = folder / "1_Pooling" / "config.json", folder / "config_sentence_transformers.json"
+    if pooling_file.is_file():
+        modes = json.loads(pooling_file.read_text())
+        # sentence-transformers 6 writes "pooling_mode"; earlier versions one flag per mode
+        own = modes.get("pooling_mode") or next((mode for mode, flag in (("cls", "pooling_mode_cls_token"),
+                                                ("mean", "pooling_mode_mean_tokens")) if modes.get(flag)), "another")
+        if own not in POOLERS:
+            raise PretrainedUnavailable(f"hf:{spec}: its pooling ({pooling_file}) is neither mean nor cls, the two "
+                                        f"poolings open_clip's Hugging Face towers have")
+        if own != pooling:
+            raise PretrainedUnavailable(f"hf:{spec}: a sentence-transformers folder with {own} pooling "
+                                        f"({pooling_file}); give pooling={own} (--pooling {own})")
+    prompts = json.loads(st_file.read_text()).get("prompts", {}) if st_file.is_file() else {}
+    return pooling, {side: prompts[side] for side in ("query", "document") if prompts.get(side)}
 
 
 class _DropMessages(logging.Filter):
@@ -561,7 +635,7 @@ def _root_messages_dropped(*fragments: str):
 
 
 @contextlib.contextmanager
-def _expected_messages_silenced():
+def expected_messages_silenced():
     """Building the default model prints three messages that are expected and say nothing: transformers'
     weight-loading bar and its load report (MiniLM's unused pooler weights), and open_clip's "initialized
     partially" (the image trunk is loaded right after). Silenced for that build only: transformers shows
@@ -588,7 +662,8 @@ class CheckpointError(ValueError):
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, model_name: str = "this model") -> None:
-    """Load a bare state dict, an open_clip training checkpoint or a released GCL ``*-states.pt``.
+    """Load a bare state dict (``.safetensors`` too), an open_clip training checkpoint or a released GCL
+    ``*-states.pt``.
 
     Raises:
         CheckpointError: the file does not unpickle (e.g. a truncated download), holds no state dict, or
@@ -597,11 +672,18 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, model_name:
     import pickle
     import zipfile
 
+    from safetensors import SafetensorError
+
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            checkpoint = load_file(str(path), device="cpu")
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
         raise
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, OSError) as err:
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, RuntimeError, OSError, SafetensorError) as err:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}); "
                               "a truncated download? Download it again") from err
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint

@@ -102,3 +102,18 @@ if len(result.evaluations):  # absent when eval_split is ""
 
 # %%
 result.test if result.test is not None else Markdown("No test splits requested (`test_splits` is empty).")
+
+# %% [markdown]
+# ## The trained model as a folder others load
+# `python -m gclcore.export RUN_DIR OUT_DIR`, here as a call: the run becomes an open_clip `local-dir:` folder
+# (a sentence-transformers folder for a text-only model) with safetensors weights and a model card of the
+# numbers above. `--model local-dir:OUT_DIR` evaluates or trains it again. The card as exported:
+
+# %%
+from gclcore.export import export
+
+exported = export(result.output_dir, result.output_dir / "export", overwrite=True)
+card = (exported / "README.md").read_text()
+display(Markdown(f"`{exported}`: {', '.join(sorted(p.name for p in exported.iterdir()))}"))
+body = card.split("\n---\n", 1)[1]  # after the Hugging Face metadata (front matter)
+display(Markdown(body.replace("\n#", "\n###")))  # its headings below this chapter's
