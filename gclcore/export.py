@@ -117,13 +117,14 @@ def _checkpoint_model_name(path: Path) -> str | None:
 
 def export(source: str | os.PathLike, out_dir: str | os.PathLike, *, model: str | None = None,
            text_tower_id: str | None = None, published_file: str | os.PathLike | None = None,
-           overwrite: bool = False, **options) -> Path:
+           name: str | None = None, overwrite: bool = False, **options) -> Path:
     """Export a run folder or checkpoint (:func:`read_source`) into ``out_dir``; returns ``out_dir``.
 
     ``text_tower_id``: the Hugging Face hub id a Hugging Face text tower's architecture is published under
     (known for the packaged MiniLM and for models from the Hugging Face cache; needed for any other local
     folder). ``published_file``: a YAML file with the published rows (``published:`` of ``book/expected.yaml``,
-    the default when this checkout has it) for the card. An existing ``out_dir`` is replaced only with
+    the default when this checkout has it) for the card. ``name``: the model's name in the card's title and
+    ``model-index`` (default: ``out_dir``'s folder name). An existing ``out_dir`` is replaced only with
     ``overwrite``. The folder is written beside ``out_dir`` and renamed into place when complete. ``options``
     (:data:`LOAD_OPTIONS`) load a bare checkpoint as it was trained (a run folder's come from its config).
     """
@@ -146,7 +147,8 @@ def export(source: str | os.PathLike, out_dir: str | os.PathLike, *, model: str 
                  else write_sentence_transformers_folder(encoder, folder))
         (folder / "training_config.json").write_text(json.dumps(portable_config(src.config or {}), indent=1) + "\n")
         table = "in_domain_multimodal" if kind == "open_clip" and _uses_images(src) else "in_domain_text_only"
-        (folder / "README.md").write_text(model_card(src, out.name, kind, tower, _published_rows(published_file, table)))
+        card = model_card(src, name or out.name, out.name, kind, tower, _published_rows(published_file, table))
+        (folder / "README.md").write_text(card)
         check_portable(folder, _machine_paths(src, encoder))
     return out
 
@@ -275,10 +277,11 @@ def check_portable(folder: Path, machine_paths: list[str]) -> None:
                                   f"not portable")
 
 
-def model_card(src: ExportSource, name: str, kind: str, tower: str | None, published: list[dict]) -> str:
+def model_card(src: ExportSource, name: str, folder: str, kind: str, tower: str | None, published: list[dict]) -> str:
     """The folder's ``README.md``: front matter with ``model-index``, then base model, data, training, results
-    (the run's own four-split table, published rows beside it, labelled), and how to load it. ``tower``: the
-    hub id of a Hugging Face text tower that open_clip rebuilds (None: none)."""
+    (the run's own four-split table, published rows beside it, labelled), and how to load it. ``name``: the
+    model's title; ``folder``: the folder's own name, which the loading lines open. ``tower``: the hub id of a
+    Hugging Face text tower that open_clip rebuilds (None: none)."""
     import yaml
 
     cfg, (base, base_ids) = portable_config(src.config or {}), base_model(src)
@@ -321,17 +324,17 @@ def model_card(src: ExportSource, name: str, kind: str, tower: str | None, publi
                   "on GPUs; other data than this run unless it was trained on GSFull-10M):", "",
                   "| published row | nDCG@10 | ERR | RBP |", "|---|---|---|---|"]
         lines += [f"| {r['method']} {r['model']} (published) | {r['nDCG']} | {r['ERR']} | {r['RBP']} |" for r in published]
-    lines += ["", "## Use", "", "From the folder's parent directory:", "", "```python"] + _loading_lines(kind, name)
+    lines += ["", "## Use", "", "From the folder's parent directory:", "", "```python"] + _loading_lines(kind, folder)
     lines += ["```", ""]
     if tower:
         lines += [f"open_clip rebuilds the Hugging Face text tower's architecture from `{tower}` (its `hf_model_name`, "
                   "as in every open_clip release with a Hugging Face text tower): online, or offline with that id in the "
                   "Hugging Face cache. Offline without it, build the tower from this folder's own `config.json`:", "",
                   "```python", "import json, open_clip",
-                  f'text_cfg = json.load(open("{name}/open_clip_config.json"))["model_cfg"]["text_cfg"]',
-                  f'model, _, preprocess = open_clip.create_model_and_transforms("local-dir:{name}", '
-                  f'text_cfg={{**text_cfg, "hf_model_name": "{name}"}})', "```", "",
-                  f"`python -m gclcore.evaluate --model local-dir:{name}` does that itself.", ""]
+                  f'text_cfg = json.load(open("{folder}/open_clip_config.json"))["model_cfg"]["text_cfg"]',
+                  f'model, _, preprocess = open_clip.create_model_and_transforms("local-dir:{folder}", '
+                  f'text_cfg={{**text_cfg, "hf_model_name": "{folder}"}})', "```", "",
+                  f"`python -m gclcore.evaluate --model local-dir:{folder}` does that itself.", ""]
     return "\n".join(lines)
 
 
@@ -474,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", help="the folder to write (must not exist, unless --overwrite)")
     parser.add_argument("--model", help="the checkpoint's architecture (default: the run's config.json)")
     parser.add_argument("--text-tower-id", help="Hugging Face hub id of a Hugging Face text tower from a local folder")
+    parser.add_argument("--name", help="the model's name in the card's title and model-index (default: out_dir's name)")
     parser.add_argument("--published", help="YAML with the published rows for the card (default: book/expected.yaml)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
     bare = parser.add_argument_group("a bare checkpoint's training settings (a run folder's come from its config)")
@@ -484,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export(args.source, args.out_dir, model=args.model, text_tower_id=args.text_tower_id,
-                     published_file=args.published, overwrite=args.overwrite, pooling=args.pooling,
+                     published_file=args.published, name=args.name, overwrite=args.overwrite, pooling=args.pooling,
                      query_prefix=args.query_prefix, document_prefix=args.document_prefix, hf_dir=args.hf_dir)
     except (ExportError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -113,7 +113,8 @@ result.test if result.test is not None else Markdown("No test splits requested (
 from gclcore.export import ExportError, export
 
 try:
-    exported = export(result.output_dir, result.output_dir / "export", overwrite=True)
+    exported = export(result.output_dir, result.output_dir / "export", name=result.output_dir.name,
+                      overwrite=True)
 except ExportError as err:  # the run stands; only its folder for others is missing
     display(Markdown(f"Not exported: {err}"))
 else:

@@ -133,6 +133,7 @@ def test_the_folder_is_portable_and_its_card_holds_the_runs_table(default_run, e
     results = pd.read_csv(default_run.output_dir / "test" / "results.csv")
     meta = card_front_matter(folder)
     assert meta["library_name"] == "open_clip" and meta["base_model"] == ["sentence-transformers/all-MiniLM-L6-v2"]
+    assert meta["model-index"][0]["name"] == "exported"  # the folder's name unless one is given
     index = meta["model-index"][0]["results"]
     assert [r["dataset"]["split"] for r in index] == results["name"].tolist()
     for entry, (_, row) in zip(index, results.iterrows()):
@@ -170,7 +171,7 @@ def test_a_text_only_run_leaves_as_a_sentence_transformers_folder(tiny_shop, tmp
         data_dir=str(tiny_shop), model="hf:pkg:all-MiniLM-L6-v2", output_dir=str(tmp_path / "run"), lhs_fields="query=1",
         rhs_fields="title=1", query_prefix="query: ", document_prefix="passage: ", freeze="none", batch_size=16,
         max_steps=2, lr=1e-4, eval_split="", test_splits="zero_shot", eval_top_k=50, workers=0, progress=False))
-    folder = exporter.export(run.output_dir, tmp_path / "st")
+    folder = exporter.export(run.output_dir, tmp_path / "st", name="text-gcl")
     assert_portable(folder, run.output_dir, tiny_shop)
     got = alone(SENTENCE_TRANSFORMERS_ALONE, tmp_path, folder, "|".join(TEXTS))
     ours = load_encoder("hf:pkg:all-MiniLM-L6-v2", str(run.checkpoint), device="cpu")
@@ -180,6 +181,9 @@ def test_a_text_only_run_leaves_as_a_sentence_transformers_folder(tiny_shop, tmp
     meta = card_front_matter(folder)
     assert meta["library_name"] == "sentence-transformers"
     assert meta["model-index"][0]["results"][0]["dataset"]["split"] == "zero_shot"
+    assert meta["model-index"][0]["name"] == "text-gcl"
+    card = (folder / "README.md").read_text()
+    assert "\n# text-gcl\n" in card and 'SentenceTransformer("st")' in card  # titled by name, loaded by folder
     # back in: hf:FOLDER takes the folder's prompts and pooling, and measures what the run measured
     reloaded = load_encoder(f"hf:{folder}", device="cpu")
     assert reloaded.text_prefixes == {"query": "query: ", "document": "passage: "}
