@@ -62,7 +62,8 @@ def open_clip_speed(data_dir: Path, batch_size: int, steps: int, workers: int, d
         model_args = ["--model", DEFAULT_MODEL, "--image-mean", *map(str, norm["mean"]),
                       "--image-std", *map(str, norm["std"])]
     else:
-        model_args = ["--model", model] + (["--pretrained", pretrained] if pretrained else [])
+        # open_clip_train initialises randomly when no --pretrained is given (our pretrained=none)
+        model_args = ["--model", model] + (["--pretrained", pretrained] if pretrained not in ("", "none") else [])
     open_clip_precision = {"fp32": "fp32", "bf16": "amp_bf16", "fp16": "amp"}[precision]
     args = [*model_args, "--train-data", str(csv_path), "--dataset-type", "csv", "--csv-separator", ",",
             "--csv-img-key", "filepath", "--csv-caption-key", "query", "--batch-size", str(batch_size),
@@ -134,7 +135,7 @@ def main():
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="default", help="any open_clip model name (e.g. ViT-B-32)")
-    parser.add_argument("--pretrained", default="", help="tag or local checkpoint for --model")
+    parser.add_argument("--pretrained", default="", help="tag or local checkpoint for --model (none: random weights)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="fp32, or autocast (open_clip_train's amp_bf16 / amp)")
     parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the median")

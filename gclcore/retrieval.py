@@ -86,9 +86,11 @@ def exact_topk(queries, corpus, k: int, *, query_chunk: int = 256, corpus_chunk:
         best_s = torch.empty((q.shape[0], 0), device=device, dtype=torch.float32)
         best_i = torch.empty((q.shape[0], 0), device=device, dtype=torch.int64)
         for c0 in range(0, corpus.shape[0], corpus_chunk):
-            block = (q @ corpus_scoring[c0:c0 + corpus_chunk].T).float()
+            block = q @ corpus_scoring[c0:c0 + corpus_chunk].T
+            # selected in the scoring dtype (widening to fp32 is exact and keeps the order), so a
+            # low-precision block is read once at its own width, not first copied to fp32
             s, i = torch.topk(block, min(kk, block.shape[1]), dim=1)
-            best_s, best_i = _merge_topk(best_s, best_i, s, i + c0, kk)
+            best_s, best_i = _merge_topk(best_s, best_i, s.float(), i + c0, kk)
         best_s = _rescore(q32, corpus_f32, best_i)
         best_s, best_i = _sorted_topk(best_s, best_i, k)
         out_scores[start:start + len(q)] = best_s.cpu().numpy()

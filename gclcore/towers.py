@@ -37,7 +37,8 @@ class Towers(Protocol):
 
     def trainable(self) -> list[torch.nn.Parameter]: ...
 
-    def loader(self, batches: list[np.ndarray], epoch: int) -> Iterator[Any]: ...
+    def loader(self, batches: list[np.ndarray], epoch: int, parts: int = 1) -> Iterator[list[Any]]:
+        """Per global batch of row indices, its ``parts`` micro-batches (:func:`micro_batches`)."""
 
     def indices(self, batch) -> np.ndarray: ...
 
@@ -84,8 +85,8 @@ class HeadTowers:
 
         return [p for m in head_modules(self.model) for p in m.parameters()]
 
-    def loader(self, batches: list[np.ndarray], epoch: int) -> Iterator[torch.Tensor]:
-        return (torch.as_tensor(b) for b in batches)
+    def loader(self, batches: list[np.ndarray], epoch: int, parts: int = 1) -> Iterator[list[torch.Tensor]]:
+        return ([torch.as_tensor(m) for m in micro_batches(b, parts)] for b in batches)
 
     def indices(self, batch: torch.Tensor) -> np.ndarray:
         return batch.numpy()
@@ -139,18 +140,28 @@ class FullTowers:
     def trainable(self) -> list[torch.nn.Parameter]:
         return [p for name, p in self.model.named_parameters() if name != "logit_scale"]
 
-    def loader(self, batches: list[np.ndarray], epoch: int) -> Iterator[dict]:
+    def loader(self, batches: list[np.ndarray], epoch: int, parts: int = 1) -> Iterator[list[dict]]:
+        """The DataLoader's unit is the micro-batch, so a global batch of tens of thousands of images is
+        assembled by all workers at once, and each micro-batch goes to the device as it arrives: host
+        memory holds the micro-batches in flight, never a whole global batch."""
         self.dataset.epoch = epoch  # before the workers start: they copy the dataset
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[b.tolist() for b in batches],
+        groups = [micro_batches(b, parts) for b in batches]
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[m.tolist() for g in groups for m in g],
                                              num_workers=self.workers, pin_memory=torch.cuda.is_available())
-        for batch in loader:
-            for f in self.fields:
-                if f.is_image:
-                    stored = [self.dataset.rows[f.name][i] for i in batch["index"].tolist()]
-                    self.resolver.record_batch(stored, batch[f"{f.name}/status"])
-            yield batch
+        arriving = iter(loader)
+        for group in groups:
+            yield [self._arrived(next(arriving)) for _ in group]
         if self.resolver is not None:
             self.resolver.warn_placeholders("trained on")
+
+    def _arrived(self, batch: dict) -> dict:
+        """A micro-batch from the DataLoader: its images counted, its tokens and pixels on the device."""
+        device = self.encoder.device
+        for f in self.fields:
+            if f.is_image:
+                stored = [self.dataset.rows[f.name][i] for i in batch["index"].tolist()]
+                self.resolver.record_batch(stored, batch[f"{f.name}/status"])
+        return {k: v.to(device, non_blocking=True) if k in self.dataset.rows else v for k, v in batch.items()}
 
     def indices(self, batch: dict) -> np.ndarray:
         return batch["index"].numpy()
@@ -222,9 +233,7 @@ def build_towers(freeze: str, encoder, rows: pd.DataFrame, fields: tuple[Field, 
     return FullTowers(encoder, rows, fields, resolver, seed, workers, prefixes)
 
 
-def split_batch(batch, parts: int) -> list:
-    """A batch (index tensor or dict of tensors) cut into ``parts`` micro-batches along the first axis."""
-    if isinstance(batch, dict):
-        pieces = {k: torch.chunk(v, parts) if torch.is_tensor(v) else v for k, v in batch.items()}
-        return [{k: v[j] for k, v in pieces.items()} for j in range(parts)]
-    return list(torch.chunk(batch, parts))
+def micro_batches(batch: np.ndarray, parts: int) -> list[np.ndarray]:
+    """A global batch's row indices cut into (at most) ``parts`` micro-batches as ``torch.chunk`` cuts:
+    equal parts of ``ceil(n / parts)`` rows, the last one shorter when ``parts`` does not divide ``n``."""
+    return [chunk.numpy() for chunk in torch.chunk(torch.as_tensor(np.asarray(batch)), parts)]

@@ -10,9 +10,8 @@ in their own modules: :mod:`gclcore.config` (every option), :mod:`gclcore.towers
 resume), :mod:`gclcore.runlog` (``log.jsonl``, TensorBoard) and :mod:`gclcore.distributed` (torchrun).
 
 Gradient accumulation keeps in-batch negatives over the whole accumulated batch (open_clip's
-``--accum-freq``): embeddings of the other micro-batches are computed without gradients and each
-micro-batch's loss is taken over the full batch. ``resume="latest"`` continues exactly where the last
-saved state left off.
+``--accum-freq``), by GradCache's step (:func:`train_step`). ``resume="latest"`` continues exactly where
+the last saved state left off.
 
 Command line (several devices: the same config under torchrun, see :mod:`gclcore.distributed`)::
 
@@ -23,6 +22,7 @@ Command line (several devices: the same config under torchrun, see :mod:`gclcore
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -49,7 +49,7 @@ from gclcore.loss import GCLLoss, multi_field_loss
 from gclcore.optim import Precision, build_optimizer, cosine_schedule, set_lr
 from gclcore.ranking_loss import ranking_loss
 from gclcore.runlog import RunLog, Throughput, split_history
-from gclcore.towers import Towers, build_towers, field_prefixes, resolve_freeze, split_batch
+from gclcore.towers import Towers, build_towers, field_prefixes, resolve_freeze
 from gclcore.weights import get_stw
 
 
@@ -117,11 +117,8 @@ class PairObjective:
                             tile=None if cfg.loss_tile < 0 else cfg.loss_tile)
         self.ranking, self.ranking_weight, self.gather = cfg.ranking_loss, cfg.ranking_weight, gather
 
-    def __call__(self, embedded: dict[str, torch.Tensor], index: np.ndarray,
-                 logit_scale_grad: bool = True) -> torch.Tensor:
-        """The loss over the rows ``index`` with their per-field ``embedded`` (N, d) tensors.
-
-        ``logit_scale_grad=False`` treats the logit scale as a constant (see :func:`train_step`)."""
+    def __call__(self, embedded: dict[str, torch.Tensor], index: np.ndarray) -> torch.Tensor:
+        """The loss over the rows ``index`` with their per-field ``embedded`` (N, d) tensors."""
         idx, dev = torch.as_tensor(index), self.device
         scale = self.model.logit_scale.exp()
 
@@ -129,7 +126,6 @@ class PairObjective:
             return Side(fields, {f.name: embedded[f.name] for f in fields},
                         {f.name: self.present[f.name][idx].to(dev) for f in fields})
 
-        scale = scale if logit_scale_grad else scale.detach()
         query, doc, weights, qids = side(self.lhs), side(self.rhs), self.weights[idx].to(dev), self.qids[idx].to(dev)
         loss = multi_field_loss(self.loss, query, doc, scale, weights, mode=self.mode, query_ids=qids,
                                 doc_ids=self.dids[idx].to(dev))
@@ -139,43 +135,53 @@ class PairObjective:
                                                          self.gather)
 
 
-def train_step(towers: Towers, objective: PairObjective, batch, optimizer: torch.optim.Optimizer,
-               precision: Precision, params: list[torch.nn.Parameter], *, accum_freq: int = 1,
-               grad_clip: float = 0.0, sync: distributed.GradientSync | None = None) -> tuple[torch.Tensor, bool]:
-    """One optimiser step on one batch; returns the (last micro-batch's) loss and whether the step was
-    taken: a non-finite loss or gradient norm skips the update (the gradients are dropped), so one bad batch
-    cannot turn the weights into NaN. Under torchrun the ranks decide on the averaged gradients, which are
-    equal everywhere; with fp16 the gradient scaler skips overflowing steps itself (and lowers its scale).
+def train_step(towers: Towers, objective: PairObjective, parts: list, optimizer: torch.optim.Optimizer,
+               precision: Precision, params: list[torch.nn.Parameter], *, grad_clip: float = 0.0,
+               sync: distributed.GradientSync | None = None) -> tuple[torch.Tensor, bool]:
+    """One optimiser step on one global batch, given as its micro-batches (an item of ``towers.loader``);
+    returns the batch's loss and whether the step was taken: a non-finite loss or gradient norm skips the
+    update (the gradients are dropped), so one bad batch cannot turn the weights into NaN. Under torchrun
+    the ranks decide on the averaged gradients, which are equal everywhere; with fp16 the gradient scaler
+    skips overflowing steps itself (and lowers its scale).
 
-    With ``accum_freq > 1`` the batch is cut into micro-batches (GradCache-style): all are embedded once
-    without gradients, then each is embedded again with gradients and its loss is taken against the
-    full batch's embeddings, so every micro-batch sees all in-batch negatives and the summed gradient
-    equals the full batch's. Each of those losses is the full-batch loss, so the logit scale takes its
-    gradient from the first one only (open_clip's ``--accum-freq`` counts it ``accum_freq`` times).
+    Several micro-batches (``accum_freq > 1``) take GradCache's step (Gao et al., "Scaling Deep Contrastive
+    Learning Batch Size under Memory Limited Setup", 2021): every micro-batch is embedded once without
+    gradients; the loss over the whole batch's embeddings is taken once and differentiated down to those
+    embeddings (and the logit scale); then each micro-batch is embedded again with gradients, its random
+    state replayed (dropout draws the same masks as in the first pass), and its embeddings' gradients are
+    pushed through it. The summed gradient equals the full batch's, every micro-batch sees all in-batch
+    negatives, the loss is computed once per step, and one micro-batch's activations are held at a time.
     Under torchrun, ``sync`` (:class:`~gclcore.distributed.GradientSync`) embeds and averages gradients
     over ranks.
     """
     sync = sync or distributed.GradientSync(towers, distributed.Context())
     towers.model.train()
-    index = towers.indices(batch)
-    parts = split_batch(batch, accum_freq)
+    index = batch_indices(towers, parts)
     # autocast covers the forward passes only: a backward run inside it would re-cast the backward's matrix
     # products too (the loss's float32 logits' gradients included)
     if len(parts) == 1:
         with precision.autocast():
-            loss = objective(sync.embed(batch), index)
+            loss = objective(sync.embed(parts[0]), index)
         precision.scaler.scale(loss).backward()
     else:
+        randomness, cached = [], []
         with torch.no_grad(), precision.autocast():
-            cached = [towers.embed(p) for p in parts]
+            for part in parts:
+                randomness.append(RandomState(objective.device))
+                cached.append(towers.embed(part))
+        joined = {name: torch.cat([c[name] for c in cached]).requires_grad_() for name in cached[0]}
+        with precision.autocast():
+            loss = objective(joined, index)
+        precision.scaler.scale(loss).backward()  # down to the embeddings (and the logit scale)
+        start = 0
         for j, part in enumerate(parts):
-            with sync.accumulating(last=j == len(parts) - 1):
+            rows = slice(start, start + len(towers.indices(part)))
+            start = rows.stop
+            with sync.accumulating(last=j == len(parts) - 1), randomness[j].replayed():
                 with precision.autocast():
                     live = sync.embed(part)
-                    joined = {name: torch.cat([live[name] if k == j else cached[k][name] for k in range(len(parts))])
-                              for name in live}
-                    loss = objective(joined, index, logit_scale_grad=j == 0)
-                precision.scaler.scale(loss).backward()
+                names = [name for name in live if joined[name].grad is not None]
+                torch.autograd.backward([live[n] for n in names], [joined[n].grad[rows].to(live[n].dtype) for n in names])
     sync.finish(params)
     precision.scaler.unscale_(optimizer)
     norm = (torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip
@@ -188,6 +194,29 @@ def train_step(towers: Towers, objective: PairObjective, batch, optimizer: torch
     with torch.no_grad():
         towers.model.logit_scale.clamp_(0, math.log(100))
     return loss.detach(), finite
+
+
+def batch_indices(towers: Towers, parts: list) -> np.ndarray:
+    """The training-row indices of a global batch given as its micro-batches, in order."""
+    return np.concatenate([towers.indices(part) for part in parts])
+
+
+class RandomState:
+    """The CPU and (on a GPU) the device's random state at creation, to replay a forward pass's random
+    draws (dropout) later, as :func:`torch.utils.checkpoint` does for its recomputation."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.gpu = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    @contextlib.contextmanager
+    def replayed(self):
+        with torch.random.fork_rng(devices=[self.device] if self.gpu is not None else []):
+            torch.set_rng_state(self.cpu)
+            if self.gpu is not None:
+                torch.cuda.set_rng_state(self.gpu, self.device)
+            yield
 
 
 class DevEvaluation:
@@ -316,21 +345,21 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     with GracefulStop(ctx, device) as stop:  # SIGTERM / SIGINT: stop at the next step boundary, state saved
         while state.step < total_steps and not interrupted:
             batches = distributed.shard(sampler(len(rows), batch_rows, cfg.seed, state.epoch), ctx)
-            for batch in towers.loader(batches[state.batch_in_epoch:], state.epoch):
+            for parts in towers.loader(batches[state.batch_in_epoch:], state.epoch, cfg.accum_freq):
                 set_lr(optimizer, lr_at(state.step))
-                loss, finite = train_step(towers, objective, batch, optimizer, precision, params,
-                                          accum_freq=cfg.accum_freq, grad_clip=cfg.grad_clip, sync=sync)
+                loss, finite = train_step(towers, objective, parts, optimizer, precision, params,
+                                          grad_clip=cfg.grad_clip, sync=sync)
                 state.advance()
                 bad_steps = 0 if finite else bad_steps + 1
                 if not finite:  # skipped: logged with the batch's pairs; too many in a row end the run
-                    log.append(_skipped_step_row(state, rows, towers.indices(batch)))
+                    log.append(_skipped_step_row(state, rows, batch_indices(towers, parts)))
                     if bad_steps > cfg.max_bad_steps:
                         save_state()
                         raise NonFiniteTraining(
                             f"{bad_steps} steps in a row (to step {state.step}) had a non-finite loss or gradient "
                             f"and were skipped (max_bad_steps={cfg.max_bad_steps}); their pairs are in "
                             f"{out / 'log.jsonl'}. Lower lr, check the scores of those pairs, or use fp32")
-                throughput.add(len(towers.indices(batch)) * ctx.world)
+                throughput.add(len(batch_indices(towers, parts)) * ctx.world)
                 bar.update(1)
                 logged = state.step % cfg.log_every == 0 or state.step == total_steps
                 if logged:

@@ -237,9 +237,9 @@ def _poisoned_objective(monkeypatch, bad_calls):
     """The loss is NaN on the objective calls numbered in ``bad_calls`` (1-based), as a diverging batch gives."""
     original, calls = trainer.PairObjective.__call__, []
 
-    def poisoned(self, embedded, index, logit_scale_grad=True):
+    def poisoned(self, embedded, index):
         calls.append(list(index))
-        loss = original(self, embedded, index, logit_scale_grad)
+        loss = original(self, embedded, index)
         return loss * float("nan") if len(calls) in bad_calls else loss
 
     monkeypatch.setattr(trainer.PairObjective, "__call__", poisoned)
@@ -386,7 +386,7 @@ def test_gradient_checkpointing_keeps_the_gradients(tiny_shop):
             assert any(getattr(m, "gradient_checkpointing", False) for m in encoder.model.text.transformer.modules())
         towers = FullTowers(encoder, rows, lhs + rhs, ImageResolver(tiny_shop / "images"), seed=0, workers=0)
         objective = trainer.PairObjective(rows, lhs, rhs, cfg, encoder.model, torch.device("cpu"))
-        batch = next(towers.loader([np.arange(8)], epoch=0))
+        [batch] = next(towers.loader([np.arange(8)], epoch=0))
         encoder.model.train()
         torch.manual_seed(0)  # the same dropout masks (checkpointing replays the RNG state in the recomputation)
         objective(towers.embed(batch), towers.indices(batch)).backward()
@@ -433,7 +433,7 @@ def test_full_towers_embed_text_fields_in_one_call_like_separate_calls(tiny_shop
     lhs, rhs = parse_fields("query=1"), parse_fields("image_local=0.9,title=0.1")
     rows = trainer.training_rows(cfg, lhs + rhs)
     towers = FullTowers(encoder, rows, lhs + rhs, ImageResolver(tiny_shop / "images"), seed=0, workers=0)
-    batch = next(towers.loader([np.arange(6)], epoch=0))
+    [batch] = next(towers.loader([np.arange(6)], epoch=0))
     encoder.model.eval()  # no dropout, BatchNorm running statistics: both paths are deterministic
     with torch.no_grad():
         embedded = towers.embed(batch)
@@ -457,7 +457,7 @@ def test_train_step_accumulation_equals_the_full_batch_step(tmp_path, tiny_shop,
     rows = trainer.training_rows(cfg, lhs + rhs)
     sampler = (trainer.QueryGroupedBatches.for_rows(rows, 4, "uniform") if cfg.batching == "grouped"
                else trainer.epoch_batches)
-    batch = torch.as_tensor(sampler(len(rows), 32, seed=0, epoch=0)[0])
+    batch = sampler(len(rows), 32, seed=0, epoch=0)[0]
     updated = []
     for accum_freq in (1, 4):
         torch.manual_seed(0)  # the projection heads start from a seeded random init
@@ -468,9 +468,10 @@ def test_train_step_accumulation_equals_the_full_batch_step(tmp_path, tiny_shop,
         params = towers.trainable() + [encoder.model.logit_scale]
         optimizer = torch.optim.SGD(params, lr=0.5)  # updates linear in the gradients: they must agree
         before = {k: v.clone() for k, v in encoder.model.state_dict().items()}
-        loss, taken = trainer.train_step(towers, objective, batch, optimizer,
-                                         Precision.choose("fp32", torch.device("cpu")), params, accum_freq=accum_freq,
-                                         grad_clip=1.0)
+        parts = next(towers.loader([batch], epoch=0, parts=accum_freq))
+        assert len(parts) == accum_freq
+        loss, taken = trainer.train_step(towers, objective, parts, optimizer,
+                                         Precision.choose("fp32", torch.device("cpu")), params, grad_clip=1.0)
         assert torch.isfinite(loss) and taken
         after = encoder.model.state_dict()
         changed = [k for k in after if not torch.equal(after[k], before[k])]
@@ -503,9 +504,9 @@ def test_a_large_batch_step_with_every_memory_saving_equals_the_plain_step(tiny_
         params = towers.trainable() + [encoder.model.logit_scale]
         optimizer = torch.optim.SGD(params, lr=0.5)
         before = {k: v.clone() for k, v in encoder.model.state_dict().items()}
-        batch = next(towers.loader([np.arange(16)], epoch=0))
-        loss, taken = trainer.train_step(towers, objective, batch, optimizer, Precision.choose("fp32", torch.device("cpu")),
-                                         params, accum_freq=accum_freq, grad_clip=0.0)
+        parts = next(towers.loader([np.arange(16)], epoch=0, parts=accum_freq))
+        loss, taken = trainer.train_step(towers, objective, parts, optimizer, Precision.choose("fp32", torch.device("cpu")),
+                                         params, grad_clip=0.0)
         assert taken and torch.isfinite(loss)
         after = encoder.model.state_dict()
         assert sum(not torch.equal(after[k], before[k]) for k in after) > 100  # the step changed the towers
@@ -716,3 +717,34 @@ def test_text_prefixes_reach_the_training_tokens(tiny_shop):
     item = PairRows(rows, (Field("query"), Field("title")), encoder.tokenizer, None, None, 0, prefixes)[1]
     assert torch.equal(item["query"], encoder.tokenizer(["query: " + str(rows["query"].iloc[1])])[0])
     assert torch.equal(item["title"], encoder.tokenizer(["passage: " + str(rows["title"].iloc[1])])[0])
+
+
+def test_the_loader_cuts_a_global_batch_into_micro_batches_of_the_same_items(tiny_shop):
+    """Micro-batches (the DataLoader's unit under accum_freq) hold the global batch's rows in order, cut as
+    torch.chunk cuts, with the same tokens and augmented pixels as the whole batch loaded at once."""
+    from gclcore.data import ImageResolver
+    from gclcore.fusion import parse_fields
+
+    encoder = load_encoder("default", device="cpu")
+    lhs, rhs = parse_fields("query=1"), parse_fields("image_local=0.9,title=0.1")
+    rows = trainer.training_rows(trainer.TrainConfig(data_dir=str(tiny_shop), workers=0), lhs + rhs)
+    towers = FullTowers(encoder, rows, lhs + rhs, ImageResolver(tiny_shop / "images"), seed=0, workers=0)
+    global_batch = np.random.default_rng(0).permutation(len(rows))[:10]
+    [whole] = next(towers.loader([global_batch], epoch=1))
+    parts = next(towers.loader([global_batch], epoch=1, parts=3))
+    assert [len(p["index"]) for p in parts] == [4, 4, 2]
+    assert trainer.batch_indices(towers, parts).tolist() == global_batch.tolist()
+    for name in ("query", "title", "image_local"):
+        assert torch.equal(torch.cat([p[name] for p in parts]), whole[name])
+
+
+def test_a_replayed_random_state_draws_the_same_dropout_masks():
+    """GradCache's second pass replays the first pass's random state (RandomState), so dropout is the same."""
+    layer = torch.nn.Dropout(0.5)
+    x = torch.ones(1000)
+    state = trainer.RandomState(torch.device("cpu"))
+    first = layer(x)
+    with state.replayed():
+        replayed = layer(x)
+    assert torch.equal(first, replayed)
+    assert not torch.equal(layer(x), first)  # outside the replay the draws go on
