@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The GPU measurements of issue #15 in one run, each beside its floor or anchor (bench/RESULTS.md):
+# exact top-1000 for 2,000 queries over 1M and 10M x 512 fp16 documents; ViT-B-32 bf16 training samples/s
+# with the image store and DataLoader workers (our trainer and open_clip_train); the largest global batch
+# (GradCache + tiled loss + gradient checkpointing). Random weights (nothing is downloaded); a synthetic
+# shop of 12,000 queries x 30 results (145k training rows, 40k 96 px product images).
+#
+#     OUT=results/ bash bench/gpu_issue15.sh    # from the repository root, gclcore importable
+set -u
+OUT=${OUT:-gpu-results}
+WORKERS=${WORKERS:-12}
+SHOP=${SHOP:-/tmp/gpu-shop}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)" | tee -a "$OUT/gpu.txt"
+{ nproc; free -g | head -2; df -h /dev/shm | tail -1; } | tee -a "$OUT/gpu.txt"
+
+# the shop is drawn on the CPU while the GPU searches
+[ -f "$SHOP/query_0_product_id_0.csv" ] || python3 bench/large_batch.py --make-shop "$SHOP" --queries 12000 \
+    --products 40000 > "$OUT/shop.log" 2>&1 &
+shop=$!
+
+timeout 150 python3 bench/eval_speed.py --device cuda --dtype float16 --docs 1000000 --retrieval-only \
+    --query-chunk 256 1024 2000 --corpus-chunk 262144 1048576 | tee "$OUT/retrieval_1m.json"
+timeout 200 python3 bench/eval_speed.py --device cuda --dtype float16 --docs 10000000 --retrieval-only \
+    --query-chunk 256 2000 --corpus-chunk 1048576 4194304 | tee "$OUT/retrieval_10m.json"
+
+wait $shop || { tail -20 "$OUT/shop.log"; exit 1; }
+timeout 120 python3 -m gclcore.image_store build --data-dir "$SHOP" --model ViT-B-32 --workers "$WORKERS" 2>&1 | tail -3
+timeout 300 python3 bench/train_speed.py --device cuda --model ViT-B-32 --pretrained none --precision bf16 \
+    --batch-size 1024 --workers "$WORKERS" --steps 14 --warmup 4 --data "$SHOP" > "$OUT/train_speed.log" 2>&1
+sed -n '/^{/,/^}/p' "$OUT/train_speed.log" | tee "$OUT/train_speed.json"
+timeout 300 python3 bench/large_batch.py --data "$SHOP" --model ViT-B-32 --precision bf16 --micro-batch 2048 \
+    --global-batch 16384 65536 --workers "$WORKERS" 2>&1 | tee "$OUT/large_batch.log" | grep -v "^train"
+nvidia-smi --query-gpu=memory.used --format=csv | tee -a "$OUT/gpu.txt"
