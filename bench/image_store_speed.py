@@ -6,8 +6,9 @@ Writes ``--images`` product-photo-like JPEGs (``--photo-size`` px square, qualit
 shapes; their size is printed) to a temporary folder, stores them for the model's eval
 transform (``gclcore.image_store.write_store``), then times a DataLoader over all of them (batches of 64,
 ``--workers`` worker processes, so images/s per worker = per core) twice per source, as training and
-evaluation read them: with the model's training transform (``RandomResizedCrop`` ...) and its eval
-transform, from the files (``ImageResolver``: decode + resize) and from the store (``StoredImages``: a
+evaluation read them: with the model's training transform (``RandomResizedCrop`` ...), the part of it the
+trainer's workers run (``train_uint8``: ``ToTensor`` + ``Normalize`` left to the device, ``gclcore.pixels``)
+and its eval transform, from the files (``ImageResolver``: decode + resize) and from the store (``StoredImages``: a
 memory-mapped row). The store's build time (decode + resize once) is printed too. Best of ``--rounds``.
 Prints JSON and draws ``bench/image_store_speed.png``.
 """
@@ -66,6 +67,7 @@ def main():
     from gclcore import image_store
     from gclcore.data import ImageResolver
     from gclcore.models import load_encoder
+    from gclcore.pixels import split_transform
 
     encoder = load_encoder(args.model, pretrained="none", device="cpu")
     spec = image_store.StoreSpec.of(encoder.preprocess)
@@ -81,7 +83,9 @@ def main():
         image_store.write_store(stores, names, files, spec, workers=args.workers, progress=False)
         out["store_build_images_per_s"] = round(args.images / (time.perf_counter() - start), 1)
         stored = image_store.open_store(stores, ImageResolver(photos))
-        for kind, transform in (("train", encoder.preprocess_train), ("eval", encoder.preprocess)):
+        for kind, transform in (("train", encoder.preprocess_train),
+                                ("train_uint8", split_transform(encoder.preprocess_train)[0]),
+                                ("eval", encoder.preprocess)):
             for label, source in (("files", ImageResolver(photos)), ("store", stored)):
                 out[f"{kind}_{label}_images_per_s"] = round(images_per_second(names, source, transform, args.workers,
                                                                               args.rounds), 1)
@@ -96,8 +100,9 @@ def plot(out: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    kinds, y = ["train", "eval"], np.arange(2)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    kinds = ["train", "train_uint8", "eval"]
+    y = np.arange(len(kinds))
     for offset, label, name, color in ((0.2, "original files (decode + resize)", "files", "#999999"),
                                        (-0.2, "image store (memory-mapped rows)", "store", "#2b6cb0")):
         speeds = [out[f"{kind}_{name}_images_per_s"] for kind in kinds]
@@ -106,7 +111,8 @@ def plot(out: dict, path: Path) -> None:
             for i, kind in enumerate(kinds):
                 ax.annotate(f"{out[f'{kind}_speedup']:.1f}x", (speeds[i], y[i] + offset), xytext=(4, 0),
                             textcoords="offset points", va="center", fontsize=9)
-    ax.set_yticks(y, ["training transform", "eval transform"])
+    ax.set_yticks(y, ["training transform", "training, uint8 out\n(normalised on the device)", "eval transform"])
+    ax.invert_yaxis()
     ax.set(xlabel=f"images / s, {out['workers']} DataLoader worker",
            title=f"{out['photo_size']} px JPEGs -> {out['model']} ({out['stored_size']} px)")
     ax.set_xlim(0, 1.15 * max(out[f"{kind}_store_images_per_s"] for kind in kinds))

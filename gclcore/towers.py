@@ -5,7 +5,8 @@
   projection heads (and the logit scale) train, LiT-style.
 - :class:`FullTowers` (``freeze="none"``): full fine-tuning; images are decoded and augmented and texts
   tokenised in DataLoader workers (:class:`PairRows`), augmentation seeded per (seed, epoch, row) so runs
-  and resumes are reproducible.
+  and resumes are reproducible; the pixels leave the workers as uint8 and are normalised on the device
+  (:mod:`gclcore.pixels`).
 
 The trainer only sees the protocol: the parameters to optimise, a loader of batches for an epoch, the
 row indices of a batch, and the per-field embeddings of a batch.
@@ -26,6 +27,7 @@ from gclcore.data.images import DEFAULT_MAX_BAD
 from gclcore.fusion import Field
 from gclcore.loaders import default_workers
 from gclcore.models import trim_padding
+from gclcore.pixels import split_transform
 
 
 class Towers(Protocol):
@@ -134,7 +136,8 @@ class FullTowers:
                  seed: int, workers: int, prefixes: dict[str, str] | None = None):
         self.encoder, self.model, self.fields, self.resolver = encoder, encoder.model, fields, resolver
         self.eval_encoder = encoder
-        self.dataset = PairRows(rows, fields, encoder.tokenizer, encoder.preprocess_train, resolver, seed, prefixes)
+        worker_transform, self.normalise = split_transform(encoder.preprocess_train)
+        self.dataset = PairRows(rows, fields, encoder.tokenizer, worker_transform, resolver, seed, prefixes)
         self.workers = default_workers() if workers < 0 else workers
 
     def trainable(self) -> list[torch.nn.Parameter]:
@@ -182,8 +185,13 @@ class FullTowers:
                         for name, t in tokens.items()}
         for f in self.fields:
             if f.is_image:
-                embedded[f.name] = self.model.encode_image(batch[f.name].to(device, non_blocking=True), normalize=True)
+                embedded[f.name] = self.model.encode_image(self.pixels(batch, f.name), normalize=True)
         return embedded
+
+    def pixels(self, batch: dict, name: str) -> torch.Tensor:
+        """An image field's model input: the loader's pixels on the device, normalised there."""
+        pixels = batch[name].to(self.encoder.device, non_blocking=True)
+        return pixels if self.normalise is None else self.normalise(pixels)
 
 
 def resolve_freeze(freeze: str, model: torch.nn.Module) -> str:

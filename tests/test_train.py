@@ -440,7 +440,8 @@ def test_full_towers_embed_text_fields_in_one_call_like_separate_calls(tiny_shop
         for name in ("query", "title"):
             alone = encoder.model.encode_text(batch[name], normalize=True)
             assert embedded[name].shape == (6, 256) and torch.allclose(embedded[name], alone, atol=1e-5)
-        assert torch.allclose(embedded["image_local"], encoder.model.encode_image(batch["image_local"], normalize=True))
+        alone = encoder.model.encode_image(towers.pixels(batch, "image_local"), normalize=True)
+        assert torch.allclose(embedded["image_local"], alone)
 
 
 @pytest.mark.parametrize("objective", [{}, {"batching": "grouped", "ranking_loss": "listnet"},
@@ -748,3 +749,27 @@ def test_a_replayed_random_state_draws_the_same_dropout_masks():
         replayed = layer(x)
     assert torch.equal(first, replayed)
     assert not torch.equal(layer(x), first)  # outside the replay the draws go on
+
+
+def test_the_loader_ships_uint8_pixels_that_normalise_on_the_device_to_the_whole_transform(tiny_shop):
+    """Workers end at uint8 pixels (ToTensor + Normalize cut off, gclcore.pixels); normalised on the device
+    they are bitwise the pixels of open_clip's whole training transform under the same per-row seed."""
+    from gclcore.data import ImageResolver
+    from gclcore.fusion import parse_fields
+    from gclcore.pixels import DeviceNormalize
+
+    encoder = load_encoder("default", device="cpu")
+    fields = parse_fields("query=1") + parse_fields("image_local=1")
+    rows = trainer.training_rows(trainer.TrainConfig(data_dir=str(tiny_shop), workers=0), fields)
+    resolver = ImageResolver(tiny_shop / "images")
+    towers = FullTowers(encoder, rows, fields, resolver, seed=3, workers=0)
+    assert isinstance(towers.normalise, DeviceNormalize)
+    picked = np.array([5, 0, 17, 9])
+    [batch] = next(towers.loader([picked], epoch=2))
+    assert batch["image_local"].dtype == torch.uint8 and batch["image_local"].shape[1] == 3
+    expected = []
+    for i in picked.tolist():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((3, 2, i)) & 0x7FFFFFFF)
+            expected.append(encoder.preprocess_train(resolver.load(rows["image_local"][i])[0]))
+    assert torch.equal(towers.pixels(batch, "image_local"), torch.stack(expected))
