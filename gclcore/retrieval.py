@@ -39,7 +39,7 @@ def _sorted_topk(scores: torch.Tensor, index: torch.Tensor, k: int):
 
 
 @torch.no_grad()
-def exact_topk(queries, corpus, k: int, *, query_chunk: int = 256, corpus_chunk: int = 262_144,
+def exact_topk(queries, corpus, k: int, *, query_chunk: int = 256, corpus_chunk: int | None = None,
                device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                rescore_margin: int = 32, normalize: bool = False, progress: bool = False,
                backend: Literal["torch", "faiss"] = "torch") -> tuple[np.ndarray, np.ndarray]:
@@ -50,6 +50,8 @@ def exact_topk(queries, corpus, k: int, *, query_chunk: int = 256, corpus_chunk:
         corpus: (N, d) array or tensor.
         k: results per query (clipped to N).
         query_chunk, corpus_chunk: block sizes; peak score memory is ``query_chunk * corpus_chunk``.
+            ``corpus_chunk`` defaults to 262,144 on the CPU and 1,048,576 on a GPU (15% faster there
+            than 262,144 for 2,000 queries over 1M documents on an H200; bench/RESULTS.md).
         device: where to compute (default: CUDA if available, else CPU).
         dtype: scoring precision, e.g. ``torch.float16`` / ``torch.bfloat16`` on GPU (default fp32).
         rescore_margin: with a low-precision ``dtype``, the top ``k + margin`` candidates are kept for
@@ -72,6 +74,7 @@ def exact_topk(queries, corpus, k: int, *, query_chunk: int = 256, corpus_chunk:
     if backend == "faiss":
         return _faiss_topk(queries.numpy(), corpus.numpy(), k)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    corpus_chunk = corpus_chunk or (1_048_576 if device.type == "cuda" else 262_144)
     low_precision = dtype is not None and dtype != torch.float32
     kk = min(k + (rescore_margin if low_precision else 0), corpus.shape[0])
     corpus_f32 = corpus.to(device)
