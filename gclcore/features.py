@@ -152,14 +152,14 @@ def _image_features(encoder, names: list[str], resolver: ImageSource, batch_size
     """Image trunk features (n, 1280) of ``names`` and their load statuses (n,), counted on ``resolver``."""
     from tqdm.auto import tqdm
 
-    from gclcore.loaders import image_batches
+    from gclcore.loaders import model_image_batches
 
     encoder.model.eval()
     features, statuses = [], []
-    batches = image_batches(names, resolver, encoder.preprocess, batch_size, workers)
+    batches = model_image_batches(names, resolver, encoder.preprocess, encoder.device, batch_size, workers)
     for pixels, status in tqdm(batches, desc="image trunk features", total=-(-len(names) // batch_size),
                                disable=not progress):
-        features.append(encoder.model.visual.trunk(pixels.to(encoder.device)).float().cpu())
+        features.append(encoder.model.visual.trunk(pixels).float().cpu())
         statuses.append(status.to(torch.uint8))
     return torch.cat(features), torch.cat(statuses)
 

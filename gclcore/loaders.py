@@ -3,7 +3,7 @@
 :class:`ImageFiles` serves preprocessed images for a list of stored (publisher) image paths. Workers
 cannot update the main process's resolver (:class:`~gclcore.data.ImageSource`: image files, or
 images embedded in parquet) counters, so each item carries its
-:class:`~gclcore.data.ImageStatus` and :func:`iterate_images` applies the resolver's policy (raise, or count
+:class:`~gclcore.data.ImageStatus` and :func:`image_batches` applies the resolver's policy (raise, or count
 and keep the placeholder) in the main process: nothing is skipped silently.
 """
 
@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gclcore.data import ImageSource
+from gclcore.pixels import split_transform
 
 
 def default_workers() -> int:
@@ -55,8 +56,12 @@ def image_batches(stored_paths: list[str], resolver: ImageSource, transform: Cal
     resolver.check_bad_fraction()
 
 
-def iterate_images(stored_paths: list[str], resolver: ImageSource, transform: Callable, batch_size: int = 128,
-                   workers: int | None = None) -> Iterator[torch.Tensor]:
-    """The pixels of :func:`image_batches`."""
-    for pixels, _ in image_batches(stored_paths, resolver, transform, batch_size, workers):
-        yield pixels
+def model_image_batches(stored_paths: list[str], resolver: ImageSource, transform: Callable, device: torch.device,
+                        batch_size: int = 128, workers: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`image_batches` ready for the model: ``(pixels on device, statuses)``. The workers stop at
+    uint8 pixels and the transform's ``ToTensor`` + ``Normalize`` run on ``device``
+    (:func:`gclcore.pixels.split_transform`: the same values, a quarter of the bytes to move)."""
+    worker_transform, normalise = split_transform(transform)
+    for pixels, status in image_batches(stored_paths, resolver, worker_transform, batch_size, workers):
+        pixels = pixels.to(device)
+        yield (pixels if normalise is None else normalise(pixels)), status

@@ -402,22 +402,22 @@ class Encoder:
     def encode_image_files(self, stored_paths: list[str], resolver, batch_size: int | None = None,
                            workers: int | None = None, progress: bool | None = None) -> torch.Tensor:
         """Embed images given by stored (publisher) paths, resolved by basename; decoding runs in
-        DataLoader workers (:func:`gclcore.loaders.iterate_images`)."""
+        DataLoader workers (:func:`gclcore.loaders.model_image_batches`)."""
         from tqdm.auto import tqdm
 
-        from gclcore.loaders import iterate_images
+        from gclcore.loaders import model_image_batches
 
         if self.text_only:
             raise ValueError(f"{self.name} is a text-only model: give it text fields (e.g. --rhs-fields title)")
         batch_size = batch_size or self.batch_size
         self.model.eval()
         out = []
-        batches = iterate_images(stored_paths, resolver, self.preprocess, batch_size,
-                                 self.workers if workers is None else workers)
-        for pixels in tqdm(batches, desc="encode images", total=-(-len(stored_paths) // batch_size),
+        batches = model_image_batches(stored_paths, resolver, self.preprocess, self.device, batch_size,
+                                      self.workers if workers is None else workers)
+        for pixels, _ in tqdm(batches, desc="encode images", total=-(-len(stored_paths) // batch_size),
                            disable=not self._progress(progress)):
             with self._autocast():
-                out.append(self.model.encode_image(pixels.to(self.device), normalize=True).float().cpu())
+                out.append(self.model.encode_image(pixels, normalize=True).float().cpu())
         return torch.cat(out) if out else torch.empty((0, self.embed_dim))
 
     def _progress(self, asked: bool | None) -> bool:

@@ -9,15 +9,19 @@ from gclcore.models import load_encoder
 from gclcore.pixels import DeviceNormalize, PixelsAsUint8, split_transform
 
 
-def test_the_two_parts_give_the_whole_transforms_pixels_bitwise():
-    encoder = load_encoder("ViT-S-32", pretrained="none", device="cpu")
-    worker, device = split_transform(encoder.preprocess_train)
+@pytest.mark.parametrize("model", ["ViT-S-32", "default"])
+@pytest.mark.parametrize("which", ["preprocess_train", "preprocess"])
+def test_the_two_parts_give_the_whole_transforms_pixels_bitwise(model, which):
+    """Training and eval transforms (the evaluator's and the feature cache's images go the same way)."""
+    encoder = load_encoder(model, pretrained="none" if model != "default" else None, device="cpu")
+    transform = getattr(encoder, which)
+    worker, device = split_transform(transform)
     assert isinstance(device, DeviceNormalize) and isinstance(worker.transforms[-1], PixelsAsUint8)
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((300, 260), (224, 224))]
     for image in images:
         torch.manual_seed(1)
-        whole = encoder.preprocess_train(image)
+        whole = transform(image)
         torch.manual_seed(1)
         pixels = worker(image)
         assert pixels.dtype == torch.uint8
