@@ -8,8 +8,9 @@ transform (``gclcore.image_store.write_store``), then times a DataLoader over al
 ``--workers`` worker processes, so images/s per worker = per core) twice per source, as training and
 evaluation read them: with the model's training transform (``RandomResizedCrop`` ...), the part of it the
 trainer's workers run (``train_uint8``: ``ToTensor`` + ``Normalize`` left to the device, ``gclcore.pixels``)
-and its eval transform, from the files (``ImageResolver``: decode + resize) and from the store (``StoredImages``: a
-memory-mapped row). The store's build time (decode + resize once) is printed too. Best of ``--rounds``.
+and its eval transform, whole and as the evaluator's workers run it (``eval_uint8``), from the files
+(``ImageResolver``: decode + resize) and from the store (``StoredImages``: a memory-mapped row). The
+store's build time (decode + resize once) is printed too. Best of ``--rounds``.
 Prints JSON and draws ``bench/image_store_speed.png``.
 """
 
@@ -85,7 +86,8 @@ def main():
         stored = image_store.open_store(stores, ImageResolver(photos))
         for kind, transform in (("train", encoder.preprocess_train),
                                 ("train_uint8", split_transform(encoder.preprocess_train)[0]),
-                                ("eval", encoder.preprocess)):
+                                ("eval", encoder.preprocess),
+                                ("eval_uint8", split_transform(encoder.preprocess)[0])):
             for label, source in (("files", ImageResolver(photos)), ("store", stored)):
                 out[f"{kind}_{label}_images_per_s"] = round(images_per_second(names, source, transform, args.workers,
                                                                               args.rounds), 1)
@@ -100,8 +102,8 @@ def plot(out: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    kinds = ["train", "train_uint8", "eval"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    kinds = ["train", "train_uint8", "eval", "eval_uint8"]
     y = np.arange(len(kinds))
     for offset, label, name, color in ((0.2, "original files (decode + resize)", "files", "#999999"),
                                        (-0.2, "image store (memory-mapped rows)", "store", "#2b6cb0")):
@@ -111,7 +113,8 @@ def plot(out: dict, path: Path) -> None:
             for i, kind in enumerate(kinds):
                 ax.annotate(f"{out[f'{kind}_speedup']:.1f}x", (speeds[i], y[i] + offset), xytext=(4, 0),
                             textcoords="offset points", va="center", fontsize=9)
-    ax.set_yticks(y, ["training transform", "training, uint8 out\n(normalised on the device)", "eval transform"])
+    ax.set_yticks(y, ["training transform", "training, uint8 out\n(normalised on the device)", "eval transform",
+                      "eval, uint8 out\n(normalised on the device)"])
     ax.invert_yaxis()
     ax.set(xlabel=f"images / s, {out['workers']} DataLoader worker",
            title=f"{out['photo_size']} px JPEGs -> {out['model']} ({out['stored_size']} px)")

@@ -3,7 +3,7 @@ gradient checkpointing of the towers (issue #15, item 2).
 
     python bench/large_batch.py --make-shop DATA --queries 6000 --products 30000   # a shop with enough rows
     python bench/large_batch.py --data DATA --model ViT-B-32 --precision bf16 \
-        --micro-batch 4096 --global-batch 16384 65536 131072 [--steps 2] [--workers 12]
+        --micro-batch 2048 --global-batch 16384 65536 131072 [--steps 2] [--workers 12]
 
 Each global batch is one run of :func:`gclcore.train.train` (full fine-tuning, ``accum_freq`` = global /
 micro, the loss tiled automatically above 8,192, ``grad_checkpointing=true``), the same code path as

@@ -8,8 +8,8 @@
   and resumes are reproducible; the pixels leave the workers as uint8 and are normalised on the device
   (:mod:`gclcore.pixels`).
 
-The trainer only sees the protocol: the parameters to optimise, a loader of batches for an epoch, the
-row indices of a batch, and the per-field embeddings of a batch.
+The trainer only sees the protocol: the parameters to optimise, a loader that gives each global batch of
+an epoch as its micro-batches, the row indices of a micro-batch, and the per-field embeddings of one.
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ class FullTowers:
 
     def loader(self, batches: list[np.ndarray], epoch: int, parts: int = 1) -> Iterator[list[dict]]:
         """The DataLoader's unit is the micro-batch, so a global batch of tens of thousands of images is
-        assembled by all workers at once, and each micro-batch goes to the device as it arrives: host
-        memory holds the micro-batches in flight, never a whole global batch."""
+        assembled by all workers at once, and each micro-batch goes to the device as it arrives: on a GPU,
+        host memory holds the micro-batches in flight, never a whole global batch."""
         self.dataset.epoch = epoch  # before the workers start: they copy the dataset
         groups = [micro_batches(b, parts) for b in batches]
         loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[m.tolist() for g in groups for m in g],
@@ -158,12 +158,16 @@ class FullTowers:
             self.resolver.warn_placeholders("trained on")
 
     def _arrived(self, batch: dict) -> dict:
-        """A micro-batch from the DataLoader: its images counted, its tokens and pixels on the device."""
+        """A micro-batch from the DataLoader: its images counted, a Hugging Face tower's tokens cut after
+        the longest text (:func:`~gclcore.models.trim_padding`, here on the CPU: on the device it would wait
+        for the GPU), its tokens and pixels on the device."""
         device = self.encoder.device
         for f in self.fields:
             if f.is_image:
                 stored = [self.dataset.rows[f.name][i] for i in batch["index"].tolist()]
                 self.resolver.record_batch(stored, batch[f"{f.name}/status"])
+            else:
+                batch[f.name] = trim_padding(self.model, batch[f.name])
         return {k: v.to(device, non_blocking=True) if k in self.dataset.rows else v for k, v in batch.items()}
 
     def indices(self, batch: dict) -> np.ndarray:
@@ -171,12 +175,12 @@ class FullTowers:
 
     def embed(self, batch: dict) -> dict[str, torch.Tensor]:
         """Text fields (e.g. query and title) in one text-tower call when their tokens are as long, which
-        is faster than one call each; a Hugging Face tower's tokens are cut after each field's longest text
-        (:func:`~gclcore.models.trim_padding`), and fields of other lengths go one call each (a query's 10
-        tokens are not padded to a title's 23). Image fields one call each, because BatchNorm's batch
-        statistics must stay per field."""
+        is faster than one call each; a Hugging Face tower's tokens arrive cut after each field's longest
+        text (:meth:`_arrived`), and fields of other lengths go one call each (a query's 10 tokens are not
+        padded to a title's 23). Image fields one call each, because BatchNorm's batch statistics must stay
+        per field."""
         device = self.encoder.device
-        tokens = {f.name: trim_padding(self.model, batch[f.name]) for f in self.fields if not f.is_image}
+        tokens = {f.name: batch[f.name] for f in self.fields if not f.is_image}
         if len({t.shape[1] for t in tokens.values()}) == 1:
             joined = self.model.encode_text(torch.cat(list(tokens.values())).to(device, non_blocking=True), normalize=True)
             embedded = dict(zip(tokens, joined.chunk(len(tokens))))

@@ -349,17 +349,19 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
                 set_lr(optimizer, lr_at(state.step))
                 loss, finite = train_step(towers, objective, parts, optimizer, precision, params,
                                           grad_clip=cfg.grad_clip, sync=sync)
+                index = batch_indices(towers, parts)
+                del parts  # its pixels leave the device before the next batch's arrive there (two would not fit)
                 state.advance()
                 bad_steps = 0 if finite else bad_steps + 1
                 if not finite:  # skipped: logged with the batch's pairs; too many in a row end the run
-                    log.append(_skipped_step_row(state, rows, batch_indices(towers, parts)))
+                    log.append(_skipped_step_row(state, rows, index))
                     if bad_steps > cfg.max_bad_steps:
                         save_state()
                         raise NonFiniteTraining(
                             f"{bad_steps} steps in a row (to step {state.step}) had a non-finite loss or gradient "
                             f"and were skipped (max_bad_steps={cfg.max_bad_steps}); their pairs are in "
                             f"{out / 'log.jsonl'}. Lower lr, check the scores of those pairs, or use fp32")
-                throughput.add(len(batch_indices(towers, parts)) * ctx.world)
+                throughput.add(len(index) * ctx.world)
                 bar.update(1)
                 logged = state.step % cfg.log_every == 0 or state.step == total_steps
                 if logged:

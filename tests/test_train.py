@@ -735,8 +735,16 @@ def test_the_loader_cuts_a_global_batch_into_micro_batches_of_the_same_items(tin
     parts = next(towers.loader([global_batch], epoch=1, parts=3))
     assert [len(p["index"]) for p in parts] == [4, 4, 2]
     assert trainer.batch_indices(towers, parts).tolist() == global_batch.tolist()
-    for name in ("query", "title", "image_local"):
-        assert torch.equal(torch.cat([p[name] for p in parts]), whole[name])
+    assert torch.equal(torch.cat([p["image_local"] for p in parts]), whole["image_local"])
+    # a Hugging Face tower's tokens arrive cut after each micro-batch's longest text: only padding is cut
+    pad = encoder.model.text.config.pad_token_id
+    for name in ("query", "title"):
+        padded = torch.stack([towers.dataset[i][name] for i in global_batch.tolist()])
+        assert whole[name].shape[1] < padded.shape[1]
+        for part, rows in zip(parts, torch.split(padded, [4, 4, 2])):
+            width = part[name].shape[1]
+            assert torch.equal(part[name], rows[:, :width]) and (rows[:, width:] == pad).all()
+            assert (rows[:, width - 1] != pad).any()  # the longest text's last token is kept
 
 
 def test_a_replayed_random_state_draws_the_same_dropout_masks():
@@ -773,3 +781,25 @@ def test_the_loader_ships_uint8_pixels_that_normalise_on_the_device_to_the_whole
             torch.manual_seed(hash((3, 2, i)) & 0x7FFFFFFF)
             expected.append(encoder.preprocess_train(resolver.load(rows["image_local"][i])[0]))
     assert torch.equal(towers.pixels(batch, "image_local"), torch.stack(expected))
+
+
+def test_a_steps_micro_batches_are_released_before_the_next_batch_arrives(tmp_path, tiny_shop, monkeypatch):
+    """The loop drops a step's micro-batches (on a GPU: its pixels) before the loader yields the next
+    global batch, so two global batches never sit on the device together."""
+    import weakref
+
+    alive_when_yielding = []
+    original = FullTowers._arrived
+
+    def tracked(self, batch):
+        arrived = original(self, batch)
+        alive_when_yielding.append(sum(ref() is not None for ref in refs))
+        refs.append(weakref.ref(arrived["image_local"]))
+        return arrived
+
+    refs = []
+    monkeypatch.setattr(FullTowers, "_arrived", tracked)
+    trainer.train(config(tmp_path, tiny_shop, freeze="none", batch_size=8, accum_freq=2, epochs=1, max_steps=3,
+                         eval_split="", workers=0))
+    # micro-batches of one step: the first sees none alive, the second sees the first; never the last step's
+    assert alive_when_yielding == [0, 1] * 3
