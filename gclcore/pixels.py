@@ -1,15 +1,17 @@
-"""Training images leave the data loader as uint8 pixels and are normalised on the device.
+"""Images leave the data loader as uint8 pixels and are normalised on the model's device.
 
-open_clip's training transform ends with ``ToTensor`` (uint8 -> float32 / 255) and ``Normalize``
-(``(x - mean) / std`` per channel). Done in the DataLoader workers, they make every pixel four bytes on
-its way through the workers' batching, shared memory, the pinned copy and the host-to-device copy; as
-uint8 a worker serves 1.8x the stored training images per second (bench/RESULTS.md). :func:`split_transform`
-cuts them off the end of the transform: the workers run the rest and hand over (3, H, W) uint8 tensors
-(:class:`PixelsAsUint8`), and :class:`DeviceNormalize` applies the same float32 operations in the same
-order to a whole micro-batch on the device: on the CPU the pixels are bitwise those of the whole
-transform (tested); on a GPU the same IEEE float32 division, subtraction and division run there
-(untested on this project's GPU-less CI). GradCache keeps a global batch's pixels on the device for its
-re-forward: as uint8, a quarter of the memory.
+open_clip's transforms end with ``ToTensor`` (uint8 -> float32 / 255) and ``Normalize`` (``(x - mean) /
+std`` per channel). Done in the DataLoader workers, they make every pixel four bytes on its way through
+the workers' batching, shared memory, the pinned copy and the host-to-device copy; as uint8 a worker
+serves 1.4x the stored training images and 2x the eval images per second (CPU box, bench/RESULTS.md).
+:func:`split_transform` cuts them off the end of a transform: the workers run the rest and hand over
+(3, H, W) uint8 tensors (:class:`PixelsAsUint8`), and :class:`DeviceNormalize` applies the same float32
+operations in the same order to a whole batch on the device. On the CPU the pixels are bitwise those of
+the whole transform (tested); on a GPU the same IEEE float32 division, subtraction and division run
+there (not tested: the project's CI has no GPU). The trainer (:class:`~gclcore.towers.FullTowers`), the
+evaluator's image encoding and the feature cache (:func:`~gclcore.loaders.model_image_batches`) read
+images this way. GradCache keeps a global batch's pixels on the device for its re-forward: as uint8, a
+quarter of the memory.
 
 A transform that does not end with ``ToTensor`` + ``Normalize`` is left whole (float pixels from the
 workers, nothing done on the device).
