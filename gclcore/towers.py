@@ -178,24 +178,21 @@ class FullTowers:
         is faster than one call each; a Hugging Face tower's tokens arrive cut after each field's longest
         text (:meth:`_arrived`), and fields of other lengths go one call each (a query's 10 tokens are not
         padded to a title's 23). Image fields one call each, because BatchNorm's batch statistics must stay
-        per field."""
-        device = self.encoder.device
+        per field. The batch is on the device already (:meth:`_arrived`)."""
         tokens = {f.name: batch[f.name] for f in self.fields if not f.is_image}
         if len({t.shape[1] for t in tokens.values()}) == 1:
-            joined = self.model.encode_text(torch.cat(list(tokens.values())).to(device, non_blocking=True), normalize=True)
+            joined = self.model.encode_text(torch.cat(list(tokens.values())), normalize=True)
             embedded = dict(zip(tokens, joined.chunk(len(tokens))))
         else:
-            embedded = {name: self.model.encode_text(t.to(device, non_blocking=True), normalize=True)
-                        for name, t in tokens.items()}
+            embedded = {name: self.model.encode_text(t, normalize=True) for name, t in tokens.items()}
         for f in self.fields:
             if f.is_image:
                 embedded[f.name] = self.model.encode_image(self.pixels(batch, f.name), normalize=True)
         return embedded
 
     def pixels(self, batch: dict, name: str) -> torch.Tensor:
-        """An image field's model input: the loader's pixels on the device, normalised there."""
-        pixels = batch[name].to(self.encoder.device, non_blocking=True)
-        return pixels if self.normalise is None else self.normalise(pixels)
+        """An image field's model input: the arrived pixels, normalised on their device."""
+        return batch[name] if self.normalise is None else self.normalise(batch[name])
 
 
 def resolve_freeze(freeze: str, model: torch.nn.Module) -> str:
