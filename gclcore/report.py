@@ -113,12 +113,16 @@ def plot_training(log: pd.DataFrame):
             ax.plot(train_rows["step"], train_rows[key])
         ax.set_title(title)
         ax.set_xlabel("step")
-    for key, label in (("eval/NDCG@10", "nDCG@10"), ("eval/mERR", "ERR"), ("eval/mRBP9", "RBP9")):
-        if key in evals:
-            axes[3].plot(evals["step"], evals[key], marker="o", label=label)
+    metrics = [(key, label) for key, label in (("eval/NDCG@10", "nDCG@10"), ("eval/mERR", "ERR"),
+                                                ("eval/mRBP9", "RBP9")) if key in evals]
+    for key, label in metrics:
+        axes[3].plot(evals["step"], evals[key], marker="o", label=label)
     axes[3].set_title(dev_corpus_label(evals, "dev metrics"), fontsize=10)
     axes[3].set_xlabel("step")
-    axes[3].legend()
+    if metrics:
+        axes[3].legend()
+    else:  # eval_split="": said on the panel rather than an empty legend's warning
+        axes[3].text(0.5, 0.5, "no dev evaluation in this run", ha="center", va="center", transform=axes[3].transAxes)
     fig.tight_layout()
     return fig
 
