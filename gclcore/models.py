@@ -239,12 +239,17 @@ def _cached_hf_model(repo_id: str, config_file) -> str:
                                     f"cache; give the model's directory (--hf-dir DIR)") from err
 
 
-def _register_config(name: str, cfg: dict) -> str:
+def _register_config(cfg: dict, name: str = "") -> str:
+    """Register the model config ``cfg`` with open_clip as ``name`` (default: ``gclcore-`` and a digest of
+    ``cfg``); returns the name. open_clip only takes configs from files, and reads them when they are
+    added, so the file lives in a folder removed right after."""
     import open_clip
 
-    folder = Path(tempfile.mkdtemp(prefix="gclcore-configs-"))
-    (folder / f"{name}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(folder / f"{name}.json")
+    name = name or f"gclcore-{hashlib.sha256(json.dumps(cfg).encode()).hexdigest()[:12]}"
+    with tempfile.TemporaryDirectory(prefix="gclcore-configs-") as folder:
+        path = Path(folder) / f"{name}.json"
+        path.write_text(json.dumps(cfg))
+        open_clip.add_model_config(path)
     return name
 
 
@@ -283,16 +288,12 @@ def _register_default_config(name: str) -> dict:
     Returns the config's ``preprocess_cfg`` (ImageNet mean/std for the Lite0 tower), which open_clip
     takes as ``image_mean`` / ``image_std`` arguments rather than from a model config.
     """
-    import open_clip
-
     cfg = json.loads((CONFIG_DIR / f"{name}.json").read_text())
     preprocess = cfg.pop("preprocess_cfg", {})
     for key in ("hf_model_name", "hf_tokenizer_name"):
         if str(cfg["text_cfg"].get(key, "")).startswith(_PACKAGE_PREFIX):
             cfg["text_cfg"][key] = minilm_path()
-    folder = Path(tempfile.mkdtemp(prefix="gclcore-configs-"))
-    (folder / f"{name}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(folder / f"{name}.json")
+    _register_config(cfg, name)
     return preprocess
 
 
@@ -511,7 +512,7 @@ def load_encoder(model: str = "default", pretrained: str | None = None, device: 
     if is_text_model(name):
         cfg = (hf_text_config(name[len(HF_PREFIX):], pooling, context_length or 77) if text_only
                else read_config_file(name, hf_dir))
-        name = _register_config(f"gclcore-{hashlib.sha256(json.dumps(cfg).encode()).hexdigest()[:12]}", cfg)
+        name = _register_config(cfg)
     random_init = pretrained == RANDOM_INIT
     checkpoint = pretrained if os.path.isabs(pretrained) else None  # files come back absolute, tags never
     caller_rng = torch.default_generator.get_state()
@@ -576,7 +577,7 @@ def _local_dir_model(name: str, open_clip_kwargs: dict):
     text = cfg.get("text_cfg", {})
     if text.get("hf_model_name") and (folder / "config.json").is_file():
         text["hf_model_name"] = text["hf_tokenizer_name"] = str(folder)
-    registered = _register_config(f"gclcore-{hashlib.sha256(json.dumps(cfg).encode()).hexdigest()[:12]}", cfg)
+    registered = _register_config(cfg)
     transforms = {"image_mean": pre.get("mean"), "image_std": pre.get("std"),
                   "image_interpolation": pre.get("interpolation"), "image_resize_mode": pre.get("resize_mode")}
     with expected_messages_silenced(), _root_messages_dropped("Model initialized randomly"):

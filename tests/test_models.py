@@ -1,5 +1,6 @@
 """The embedded default model loads offline and sees real images; checkpoints load in every format."""
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,19 @@ def test_loads_without_network(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # prove it does not rely on the offline flag either
     encoder = models.load_encoder("default", device="cpu")
     assert encoder.encode_text(["red dress"]).shape == (1, 256)
+
+
+def test_registering_model_configs_leaves_no_files_behind(tmp_path, monkeypatch):
+    import open_clip
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the configs' files would be left
+    default = models.load_encoder("default", device="cpu", pretrained="none")
+    text_only = models.load_encoder(f"hf:{models.minilm_path()}", device="cpu")
+    assert list(tmp_path.iterdir()) == []
+    assert default.encode_text(["red dress"]).shape == (1, 256)
+    assert text_only.encode_text(["red dress"]).shape == (1, 384)
+    # registered all the same: open_clip builds the model again by name, from its registry
+    assert models.DEFAULT_MODEL in open_clip.list_models()
 
 
 def test_lite0_weights_classify_real_photos():
