@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue #15 in one run, each beside its floor or anchor (bench/RESULTS.md):
 # exact top-1000 for 2,000 queries over 1M and 10M x 512 fp16 documents; ViT-B-32 bf16 training samples/s
-# with the image store and DataLoader workers (our trainer and open_clip_train); the largest global batch
+# with the image store and DataLoader workers (our trainer and open_clip_train, each with its share of a
+# step waiting for data, and both loaders alone, without a model); the largest global batch
 # (GradCache + tiled loss + gradient checkpointing). Random weights (nothing is downloaded); a synthetic
 # shop of 12,000 queries x 30 results (145k training rows, 40k 96 px product images).
 #
@@ -28,6 +29,8 @@ timeout 200 python3 bench/eval_speed.py --device cuda --dtype float16 --docs 100
 
 wait $shop || { tail -20 "$OUT/shop.log"; exit 1; }
 timeout 120 python3 -m gclcore.image_store build --data-dir "$SHOP" --model ViT-B-32 --workers "$WORKERS" 2>&1 | tail -3
+timeout 180 python3 bench/loader_speed.py --data "$SHOP" --model ViT-B-32 --batch-size 1024 --batches 48 \
+    --workers "$WORKERS" --rounds 1 2>/dev/null | tee "$OUT/loader_speed.json"
 timeout 300 python3 bench/train_speed.py --device cuda --model ViT-B-32 --pretrained none --precision bf16 \
     --batch-size 1024 --workers "$WORKERS" --steps 14 --warmup 4 --data "$SHOP" > "$OUT/train_speed.log" 2>&1
 sed -n '/^{/,/^}/p' "$OUT/train_speed.log" | tee "$OUT/train_speed.json"

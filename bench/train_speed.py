@@ -18,7 +18,8 @@ Both trainers are timed the same way: every step is logged (open_clip's ``--log-
 ``log_every=1``), each log line's samples/s is ``batch_size / (time from the end of the previous step to
 the end of this one)`` (data wait included), and throughput is the median over the steps after
 ``--warmup`` steps. Ours runs with ``grad_clip=0`` here because ``open_clip_train`` does not clip by
-default.
+default. ``data_wait`` is each trainer's median share of a step spent waiting for its data loader (open_clip's
+``Data (t)`` / ``Batch (t)``, our log's ``data_wait``): near 1, the loader sets the pace, not the model.
 
 The loss-side cost of GCL is also timed in isolation (``loss_ms``): forward + backward of open_clip's
 ``ClipLoss`` against our loss as each configuration calls it (weights, presence masks, fusion), on
@@ -42,13 +43,13 @@ from gclcore.models import DEFAULT_MODEL, _register_default_config
 from gclcore.train import train
 
 
-def steady(speeds: list[float], warmup: int) -> list[float]:
-    """Per-step samples/s once the first ``warmup`` steps (worker start, allocator) are dropped."""
-    return speeds[warmup:] if len(speeds) > warmup else speeds
+def steady(steps: list[tuple[float, float]], warmup: int) -> list[tuple[float, float]]:
+    """Per-step (samples/s, data-wait share) once the first ``warmup`` steps (worker start, allocator) are dropped."""
+    return steps[warmup:] if len(steps) > warmup else steps
 
 
 def open_clip_speed(data_dir: Path, batch_size: int, steps: int, workers: int, device: str, work: Path,
-                    warmup: int, model: str, pretrained: str, precision: str) -> list[float]:
+                    warmup: int, model: str, pretrained: str, precision: str) -> list[tuple[float, float]]:
     from open_clip_train.main import main as open_clip_main
 
     rows = read_split_csv(data_dir / "query_0_product_id_0.csv", columns=["query", "image_local"])
@@ -72,17 +73,18 @@ def open_clip_speed(data_dir: Path, batch_size: int, steps: int, workers: int, d
             "--precision", open_clip_precision]
     open_clip_main(args)
     log = (work / "logs" / name / "out.log").read_text()
-    return steady([float(m) for m in re.findall(r"([0-9.]+)/s/gpu", log)], warmup)
+    steps = re.findall(r"Data \(t\): ([0-9.]+) Batch \(t\): ([0-9.]+), [0-9.]+/s, ([0-9.]+)/s/gpu", log)
+    return steady([(float(speed), float(data) / float(batch)) for data, batch, speed in steps], warmup)
 
 
 def ours_speed(data_dir: Path, batch_size: int, steps: int, workers: int, device: str, work: Path, warmup: int,
-               model: str, pretrained: str, precision: str, **cfg) -> list[float]:
+               model: str, pretrained: str, precision: str, **cfg) -> list[tuple[float, float]]:
     result = train(data_dir=str(data_dir), output_dir=str(work / "ours"), freeze="none", batch_size=batch_size,
                    epochs=1, max_steps=steps, workers=workers, device=device, log_every=1, eval_split="",
                    model=model, pretrained=pretrained, precision=precision, grad_clip=0.0, save_every=-1,
                    epoch_checkpoints=False, progress=False, **cfg)
     shutil.rmtree(work / "ours")
-    return steady(result.history["samples_per_s"].tolist(), warmup)
+    return steady(list(zip(result.history["samples_per_s"], result.history["data_wait"])), warmup)
 
 
 def loss_costs(batch_size: int, device: str, dim: int = 256, repeats: int = 200) -> dict[str, float]:
@@ -152,17 +154,19 @@ def main():
             "ours_weighted": lambda work: ours_speed(data, work=work, stw="linear", rhs_fields="image_local=1", **common),
             "ours_multi_field": lambda work: ours_speed(data, work=work, stw="linear",
                                                         rhs_fields="image_local=0.9,title=0.1", **common)}
-    speeds = {name: [] for name in runs}
+    speeds, waits = {name: [] for name in runs}, {name: [] for name in runs}
     round_medians = {name: [] for name in runs}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):  # interleaved, so a slow spell of the machine hits every trainer
             for name, run in runs.items():
                 steps = run(Path(tmp))
-                speeds[name] += steps
-                round_medians[name].append(round(float(np.median(steps)), 2))
+                speeds[name] += [speed for speed, _ in steps]
+                waits[name] += [wait for _, wait in steps]
+                round_medians[name].append(round(float(np.median([speed for speed, _ in steps])), 2))
     for name in runs:
         out[name] = round(float(np.median(speeds[name])), 2)
     out["per_round_medians"] = round_medians
+    out["data_wait"] = {name: round(float(np.median(w)), 3) for name, w in waits.items()}
     out["ratio_binary_vs_open_clip"] = round(out["ours_binary"] / out["open_clip_train"], 3)
     out["weighting_cost_pct"] = round(100 * (out["ours_binary"] / out["ours_weighted"] - 1), 1)
     out["loss_ms"] = {k: round(v, 3) for k, v in loss_costs(args.batch_size, args.device).items()}

@@ -1,7 +1,8 @@
 """A run's log: one JSON line per logged step or evaluation, optionally mirrored to TensorBoard.
 
 ``log.jsonl`` rows are either training rows (``step``, ``epoch``, ``loss``, ``lr``, ``logit_scale``,
-``samples_per_s``) or evaluation rows (``step``, ``epoch``, ``eval/<metric>``, and ``eval/corpus_size`` /
+``samples_per_s``, ``data_wait``: the share of the time since the last logged step the loop waited for
+the data loader) or evaluation rows (``step``, ``epoch``, ``eval/<metric>``, and ``eval/corpus_size`` /
 ``eval/corpus_total``: the products searched, a dev sub-corpus when smaller than the split's corpus). The trainer writes it
 through :class:`RunLog`; the book reads it back with :func:`read_history` and :func:`split_history`.
 """
@@ -61,19 +62,39 @@ class RunLog:
 
 
 class Throughput:
-    """Samples per second since the last :meth:`rate` call (the window between two logged steps)."""
+    """Samples per second, and the share of the time spent waiting for the data loader, over the window
+    since the last :meth:`window` call (the steps between two logged ones).
+
+    A share near 1 means the loader, not the model, sets the pace (more DataLoader ``workers``, an image
+    store: :mod:`gclcore.image_store`). It is the time the loop is blocked on the loader's next batch; the
+    step syncs with the device once (its finite-gradient check), so on a GPU that is time the device idles.
+    """
 
     def __init__(self):
-        self.start, self.samples = time.perf_counter(), 0
+        self.start, self.samples, self.waited = time.perf_counter(), 0, 0.0
 
     def add(self, samples: int) -> None:
         self.samples += samples
 
-    def rate(self) -> float:
+    def timed(self, batches):
+        """``batches`` as they come, the time blocked on each next one counted as waiting for data."""
+        iterator = iter(batches)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.waited += time.perf_counter() - start
+            yield batch
+
+    def window(self) -> dict[str, float]:
+        """``samples_per_s`` and ``data_wait`` (a share in [0, 1]) of the window, which then starts again."""
         now = time.perf_counter()
-        rate = self.samples / max(now - self.start, 1e-9)
-        self.start, self.samples = now, 0
-        return rate
+        elapsed = max(now - self.start, 1e-9)
+        row = {"samples_per_s": self.samples / elapsed, "data_wait": min(self.waited / elapsed, 1.0)}
+        self.start, self.samples, self.waited = now, 0, 0.0
+        return row
 
 
 def read_history(run_dir: str | os.PathLike) -> pd.DataFrame:

@@ -345,7 +345,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     with GracefulStop(ctx, device) as stop:  # SIGTERM / SIGINT: stop at the next step boundary, state saved
         while state.step < total_steps and not interrupted:
             batches = distributed.shard(sampler(len(rows), batch_rows, cfg.seed, state.epoch), ctx)
-            for parts in towers.loader(batches[state.batch_in_epoch:], state.epoch, cfg.accum_freq):
+            for parts in throughput.timed(towers.loader(batches[state.batch_in_epoch:], state.epoch, cfg.accum_freq)):
                 set_lr(optimizer, lr_at(state.step))
                 loss, finite = train_step(towers, objective, parts, optimizer, precision, params,
                                           grad_clip=cfg.grad_clip, sync=sync)
@@ -367,7 +367,8 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
                 if logged:
                     row = _progress_row(state, loss, lr_at(state.step - 1), model, throughput, ctx, device)
                     log.append(row)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{row['samples_per_s']:.0f}")
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{row['samples_per_s']:.0f}",
+                                    data_wait=f"{row['data_wait']:.0%}")
                 if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
                     evaluation(state)
                 if (cfg.save_every > 0 and state.step % cfg.save_every == 0) or (logged and clock.due()):
@@ -451,9 +452,10 @@ def _skipped_step_row(state: TrainState, rows: pd.DataFrame, index: np.ndarray) 
 
 def _progress_row(state: TrainState, loss: torch.Tensor, lr: float, model, throughput: Throughput,
                   ctx: distributed.Context, device: torch.device) -> dict:
-    """A training row of the log: the loss (mean over ranks), learning rate, logit scale, samples/s."""
+    """A training row of the log: the loss (mean over ranks), learning rate, logit scale, samples/s and the
+    share of the time waiting for data (:class:`~gclcore.runlog.Throughput`)."""
     return {"step": state.step, "epoch": state.epoch, "loss": distributed.mean_over_ranks(loss.item(), ctx, device),
-            "lr": lr, "logit_scale": model.logit_scale.exp().item(), "samples_per_s": throughput.rate()}
+            "lr": lr, "logit_scale": model.logit_scale.exp().item(), **throughput.window()}
 
 
 def _result(out: Path, state: TrainState, test: pd.DataFrame | None, cfg: TrainConfig) -> TrainResult:

@@ -32,6 +32,30 @@ def config(tmp_path, tiny_shop, **overrides):
     return trainer.TrainConfig(**values)
 
 
+def test_throughput_tells_a_slow_loader_from_a_slow_step():
+    """data_wait is the share of a window spent blocked on the loader: near 1 when batches come slowly,
+    near 0 when the step is the slow part (sleeps of 0.1 s against microseconds of bookkeeping)."""
+    import time
+
+    from gclcore.runlog import Throughput
+
+    def slow_loader(n):
+        for i in range(n):
+            time.sleep(0.1)
+            yield i
+
+    clock = Throughput()
+    for _ in clock.timed(slow_loader(3)):
+        clock.add(8)
+    loader_bound = clock.window()
+    for _ in clock.timed(range(3)):
+        time.sleep(0.1)
+        clock.add(8)
+    step_bound = clock.window()
+    assert loader_bound["data_wait"] > 0.9 and step_bound["data_wait"] < 0.1, (loader_bound, step_bound)
+    assert 24 / 0.5 < step_bound["samples_per_s"] <= 24 / 0.3  # 24 samples in at least 0.3 s
+
+
 def test_training_lowers_the_loss_and_improves_dev_ndcg(tmp_path, tiny_shop):
     result = trainer.train(config(tmp_path, tiny_shop))
     losses = result.history["loss"].to_numpy()
@@ -39,7 +63,8 @@ def test_training_lowers_the_loss_and_improves_dev_ndcg(tmp_path, tiny_shop):
     before, after = result.evaluations["eval/NDCG@10"].iloc[0], result.evaluations["eval/NDCG@10"].iloc[-1]
     assert after > before + 0.05, (before, after)
     log = [json.loads(line) for line in (result.output_dir / "log.jsonl").read_text().splitlines()]
-    assert {"loss", "lr", "samples_per_s", "logit_scale"} <= set(log[1]) and "eval/mERR" in log[-2]
+    assert {"loss", "lr", "samples_per_s", "data_wait", "logit_scale"} <= set(log[1]) and "eval/mERR" in log[-2]
+    assert all(0 <= row["data_wait"] <= 1 for row in log if "data_wait" in row)
     from gclcore.features import dataset_inputs
 
     images = {data.image_basename(p) for p in dataset_inputs(trainer.open_dataset(tiny_shop), [], ["image_local"])[1]}

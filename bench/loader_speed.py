@@ -1,0 +1,97 @@
+"""Benchmark: the training data loader alone (no model), ours against open_clip_train's, same rows and workers.
+
+    python bench/loader_speed.py --data DATA [--model ViT-B-32] [--batch-size 256] [--batches 12] [--workers 1]
+
+Both loaders serve the same training rows (the in-domain split: query text -> product image) in batches
+of ``--batch-size`` with ``--workers`` DataLoader workers, and nothing consumes them but a clock: the
+samples/s a loader can feed a trainer whose model were infinitely fast. Timed from the first batch's
+arrival to the last's (worker start-up left out), best of ``--rounds``.
+
+- ``open_clip_train``: its ``CsvDataset`` + ``DataLoader`` as ``get_csv_dataset`` builds them (decode the
+  original file, the model's training transform, float32 normalised pixels);
+- ``ours, files``: :class:`gclcore.towers.FullTowers`'s loader with the image store off (decode the original);
+- ``ours, image store``: the same with the dataset's store (``python -m gclcore.image_store build``; built
+  here first when absent): a memory-mapped row, the training crop, uint8 pixels.
+
+Ours includes what the trainer's main process does as each batch arrives (image counting, padding cut,
+the move to the device: a no-op on the CPU). Our normalisation runs on the device in training, so it is
+left out here; open_clip's runs in its workers and is counted. Prints JSON.
+"""
+
+import argparse
+import json
+import tempfile
+import time
+from argparse import Namespace
+from pathlib import Path
+
+from gclcore import image_store
+from gclcore.batching import epoch_batches
+from gclcore.config import TrainConfig
+from gclcore.data import ImageResolver, open_dataset, read_split_csv
+from gclcore.fusion import parse_fields
+from gclcore.models import load_encoder
+from gclcore.towers import build_towers
+from gclcore.train import training_rows
+
+
+def arrival_rate(batches, batch_size: int) -> float:
+    """Samples/s between the first batch's arrival and the last's."""
+    arrivals = [time.perf_counter() for _ in batches]
+    return batch_size * (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+
+
+def open_clip_rate(data: Path, encoder, batch_size: int, batches: int, workers: int, work: Path) -> float:
+    from open_clip_train.data import get_csv_dataset
+
+    rows = read_split_csv(data / "query_0_product_id_0.csv", columns=["query", "image_local"])
+    resolver = ImageResolver(data / "images")
+    rows = rows.assign(filepath=[str(resolver.resolve(p)) for p in rows["image_local"]])
+    rows = rows.sample(n=min(len(rows), batch_size * batches), random_state=0)
+    rows[["filepath", "query"]].to_csv(work / "train.csv", index=False)
+    args = Namespace(train_data=str(work / "train.csv"), csv_img_key="filepath", csv_caption_key="query",
+                     csv_separator=",", distributed=False, batch_size=batch_size, workers=workers)
+    loader = get_csv_dataset(args, encoder.preprocess_train, is_train=True, tokenizer=encoder.tokenizer).dataloader
+    return arrival_rate(iter(loader), batch_size)
+
+
+def ours_rate(data: Path, encoder, batch_size: int, batches: int, workers: int, store: bool) -> float:
+    cfg = TrainConfig(data_dir=str(data), rhs_fields="image_local=1")
+    fields = parse_fields(cfg.lhs_fields) + parse_fields(cfg.rhs_fields)
+    dataset = open_dataset(data)
+    rows = training_rows(cfg, fields, dataset)
+    towers = build_towers("none", encoder, rows, fields, dataset, cache_dir="", seed=0, workers=workers,
+                          progress=False, image_store_dir="" if store else "none")
+    return arrival_rate(towers.loader(epoch_batches(len(rows), batch_size, 0, 0)[:batches], 0), batch_size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="a dataset folder with images (e.g. python -m gclcore.synth)")
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    data = Path(args.data)
+    encoder = load_encoder(args.model, pretrained="none", device="cpu")
+    image_store.build(open_dataset(data), encoder.preprocess, workers=args.workers, progress=False)
+    loaders = {
+        "open_clip_train": lambda work: open_clip_rate(data, encoder, args.batch_size, args.batches, args.workers, work),
+        "ours_files": lambda work: ours_rate(data, encoder, args.batch_size, args.batches, args.workers, store=False),
+        "ours_image_store": lambda work: ours_rate(data, encoder, args.batch_size, args.batches, args.workers, store=True),
+    }
+    rates = {name: [] for name in loaders}
+    for _ in range(args.rounds):  # interleaved: a noisy box slows all three alike
+        for name, rate in loaders.items():
+            with tempfile.TemporaryDirectory() as work:
+                rates[name].append(round(rate(Path(work)), 1))
+    best = {name: max(r) for name, r in rates.items()}
+    print(json.dumps({"model": args.model, "batch_size": args.batch_size, "batches": args.batches,
+                      "workers": args.workers, "samples_per_s": best, "per_round": rates,
+                      "store_vs_open_clip": round(best["ours_image_store"] / best["open_clip_train"], 2)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
