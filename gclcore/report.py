@@ -103,12 +103,16 @@ def check_expected(long: pd.DataFrame, expected: dict) -> pd.DataFrame:
 
 
 def plot_training(log: pd.DataFrame):
-    """Loss, learning rate, logit scale and samples/s per step, plus the dev metrics at each evaluation."""
+    """Loss, learning rate and samples/s per step (with the median share of the time spent waiting for the
+    data loader, when logged), plus the dev metrics at each evaluation."""
     import matplotlib.pyplot as plt
 
     train_rows, evals = split_history(log)
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
-    for ax, key, title in zip(axes[:3], ("loss", "lr", "samples_per_s"), ("GCL loss", "learning rate", "samples / s")):
+    speed = "samples / s"
+    if "data_wait" in train_rows:
+        speed += f"\n(median {train_rows['data_wait'].median():.0%} of the time waiting for data)"
+    for ax, key, title in zip(axes[:3], ("loss", "lr", "samples_per_s"), ("GCL loss", "learning rate", speed)):
         if len(train_rows):
             ax.plot(train_rows["step"], train_rows[key])
         ax.set_title(title)

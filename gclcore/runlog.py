@@ -87,6 +87,7 @@ class Throughput:
                 return
             self.waited += time.perf_counter() - start
             yield batch
+            del batch  # not held while the next one loads: on a GPU, two batches' pixels would not fit
 
     def window(self) -> dict[str, float]:
         """``samples_per_s`` and ``data_wait`` (a share in [0, 1]) of the window, which then starts again."""

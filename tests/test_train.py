@@ -619,6 +619,9 @@ def test_plots_say_which_corpus_the_dev_metrics_searched():
     assert dev_corpus_label(sub.drop(columns=["eval/corpus_size", "eval/corpus_total"])) == "dev"
     log = pd.concat([pd.DataFrame({"step": [5], "loss": [1.0], "lr": [1e-3], "samples_per_s": [9.0]}), sub])
     assert plot_training(log).axes[3].get_title() == "dev metrics: sub-corpus of 20,000 of 1,500,000 products"
+    assert plot_training(log).axes[2].get_title() == "samples / s"  # a log from before data_wait was recorded
+    waits = pd.DataFrame({"step": [1, 2, 3], "loss": 1.0, "lr": 1e-3, "samples_per_s": 9.0, "data_wait": [0.1, 0.4, 0.9]})
+    assert plot_training(waits).axes[2].get_title() == "samples / s\n(median 40% of the time waiting for data)"
 
 
 def test_long_runs_save_their_state_every_so_many_minutes(tmp_path, tiny_shop, monkeypatch):
