@@ -4,7 +4,8 @@
 
 Reads the JSON that ``bench/gpu_issue15.sh`` writes (retrieval_1m, retrieval_10m, train_speed,
 large_batch) and draws: the search against its floor and target, training samples/s of both trainers
-against the target, and peak device memory against the global batch.
+against the target (each with its median share of a step spent waiting for data, where recorded), and peak
+device memory against the global batch.
 """
 
 import argparse
@@ -41,6 +42,10 @@ def main():
     trainers = {"open_clip_train": speed["open_clip_train"], "ours: binary": speed["ours_binary"],
                 "ours: GCL weights": speed["ours_weighted"], "ours: multi-field": speed["ours_multi_field"]}
     middle.barh(list(trainers), list(trainers.values()), color=["grey", "C0", "C0", "C0"])
+    waits = speed.get("data_wait", {})  # recorded since the first GPU run
+    for row, key in enumerate(("open_clip_train", "ours_binary", "ours_weighted", "ours_multi_field")):
+        if key in waits:
+            middle.text(60, row, f"{waits[key]:.0%} of a step waiting for data", va="center", color="white", fontsize=8)
     middle.axvline(4000, color="k", linestyle="--")
     middle.invert_yaxis()
     middle.set(xlabel="samples/s (median step)",
