@@ -29,11 +29,12 @@ timeout 200 python3 bench/eval_speed.py --device cuda --dtype float16 --docs 100
 
 wait $shop || { tail -20 "$OUT/shop.log"; exit 1; }
 timeout 120 python3 -m gclcore.image_store build --data-dir "$SHOP" --model ViT-B-32 --workers "$WORKERS" 2>&1 | tail -3
-timeout 180 python3 bench/loader_speed.py --data "$SHOP" --model ViT-B-32 --batch-size 1024 --batches 48 \
-    --workers "$WORKERS" --rounds 1 2>/dev/null | tee "$OUT/loader_speed.json"
 timeout 300 python3 bench/train_speed.py --device cuda --model ViT-B-32 --pretrained none --precision bf16 \
     --batch-size 1024 --workers "$WORKERS" --steps 14 --warmup 4 --data "$SHOP" > "$OUT/train_speed.log" 2>&1
 sed -n '/^{/,/^}/p' "$OUT/train_speed.log" | tee "$OUT/train_speed.json"
 timeout 300 python3 bench/large_batch.py --data "$SHOP" --model ViT-B-32 --precision bf16 --micro-batch 2048 \
     --global-batch 16384 65536 --workers "$WORKERS" 2>&1 | tee "$OUT/large_batch.log" | grep -v "^train"
+# diagnostic, last: the loaders alone, without a model
+timeout 150 python3 bench/loader_speed.py --data "$SHOP" --model ViT-B-32 --batch-size 1024 --batches 48 \
+    --workers "$WORKERS" --rounds 1 2> "$OUT/loader_speed.log" | tee "$OUT/loader_speed.json"
 nvidia-smi --query-gpu=memory.used --format=csv | tee -a "$OUT/gpu.txt"

@@ -2,10 +2,11 @@
 
     python bench/loader_speed.py --data DATA [--model ViT-B-32] [--batch-size 256] [--batches 12] [--workers 1]
 
-Both loaders serve the same training rows (the in-domain split: query text -> product image) in batches
-of ``--batch-size`` with ``--workers`` DataLoader workers, and nothing consumes them but a clock: the
-samples/s a loader can feed a trainer whose model were infinitely fast. Timed from the first batch's
-arrival to the last's (worker start-up left out), best of ``--rounds``.
+Both loaders serve training rows of the same split (the in-domain one: query text -> product image; each
+its own random draw of them) in batches of ``--batch-size`` with ``--workers`` DataLoader workers, and
+nothing consumes them but a clock: the samples/s a loader can feed a trainer whose model were infinitely
+fast. The workers start together, so their first batches arrive almost at once: the clock runs from the
+last of that first round to the last batch (``--batches`` must exceed ``--workers``), best of ``--rounds``.
 
 - ``open_clip_train``: its ``CsvDataset`` + ``DataLoader`` as ``get_csv_dataset`` builds them (decode the
   original file, the model's training transform, float32 normalised pixels);
@@ -13,9 +14,10 @@ arrival to the last's (worker start-up left out), best of ``--rounds``.
 - ``ours, image store``: the same with the dataset's store (``python -m gclcore.image_store build``; built
   here first when absent): a memory-mapped row, the training crop, uint8 pixels.
 
-Ours includes what the trainer's main process does as each batch arrives (image counting, padding cut,
-the move to the device: a no-op on the CPU). Our normalisation runs on the device in training, so it is
-left out here; open_clip's runs in its workers and is counted. Prints JSON.
+Ours includes what the trainer's main process does as each batch arrives (image counting, padding cut;
+the model here is on the CPU, so no device copy). On a machine with CUDA both loaders pin their batches'
+memory, as in training. Our normalisation runs on the device in training, so it is left out here;
+open_clip's runs in its workers and is counted. Prints JSON.
 """
 
 import argparse
@@ -35,10 +37,11 @@ from gclcore.towers import build_towers
 from gclcore.train import training_rows
 
 
-def arrival_rate(batches, batch_size: int) -> float:
-    """Samples/s between the first batch's arrival and the last's."""
+def arrival_rate(batches, batch_size: int, workers: int) -> float:
+    """Samples/s from the arrival of the workers' first round of batches to the last batch's."""
     arrivals = [time.perf_counter() for _ in batches]
-    return batch_size * (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    first = max(workers, 1) - 1
+    return batch_size * (len(arrivals) - 1 - first) / (arrivals[-1] - arrivals[first])
 
 
 def open_clip_rate(data: Path, encoder, batch_size: int, batches: int, workers: int, work: Path) -> float:
@@ -52,7 +55,7 @@ def open_clip_rate(data: Path, encoder, batch_size: int, batches: int, workers: 
     args = Namespace(train_data=str(work / "train.csv"), csv_img_key="filepath", csv_caption_key="query",
                      csv_separator=",", distributed=False, batch_size=batch_size, workers=workers)
     loader = get_csv_dataset(args, encoder.preprocess_train, is_train=True, tokenizer=encoder.tokenizer).dataloader
-    return arrival_rate(iter(loader), batch_size)
+    return arrival_rate(iter(loader), batch_size, workers)
 
 
 def ours_rate(data: Path, encoder, batch_size: int, batches: int, workers: int, store: bool) -> float:
@@ -62,7 +65,7 @@ def ours_rate(data: Path, encoder, batch_size: int, batches: int, workers: int, 
     rows = training_rows(cfg, fields, dataset)
     towers = build_towers("none", encoder, rows, fields, dataset, cache_dir="", seed=0, workers=workers,
                           progress=False, image_store_dir="" if store else "none")
-    return arrival_rate(towers.loader(epoch_batches(len(rows), batch_size, 0, 0)[:batches], 0), batch_size)
+    return arrival_rate(towers.loader(epoch_batches(len(rows), batch_size, 0, 0)[:batches], 0), batch_size, workers)
 
 
 def main() -> None:
@@ -74,6 +77,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    if args.batches <= max(args.workers, 1):
+        parser.error(f"--batches ({args.batches}) must exceed --workers ({args.workers}): the workers' first round "
+                     f"of batches is not timed")
     data = Path(args.data)
     encoder = load_encoder(args.model, pretrained="none", device="cpu")
     image_store.build(open_dataset(data), encoder.preprocess, workers=args.workers, progress=False)

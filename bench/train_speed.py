@@ -20,6 +20,9 @@ the end of this one)`` (data wait included), and throughput is the median over t
 ``--warmup`` steps. Ours runs with ``grad_clip=0`` here because ``open_clip_train`` does not clip by
 default. ``data_wait`` is each trainer's median share of a step spent waiting for its data loader (open_clip's
 ``Data (t)`` / ``Batch (t)``, our log's ``data_wait``): near 1, the loader sets the pace, not the model.
+open_clip's is an upper bound on a GPU: its step does not wait for the device before its clock stops, so
+the rest of a step's device work is waited for in the next step's ``Data (t)`` (at its logging's
+``.item()``); ours waits inside the step (the finite-gradient check), outside the timed wait.
 
 The loss-side cost of GCL is also timed in isolation (``loss_ms``): forward + backward of open_clip's
 ``ClipLoss`` against our loss as each configuration calls it (weights, presence masks, fusion), on

@@ -9,9 +9,11 @@ through :class:`RunLog`; the book reads it back with :func:`read_history` and :f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -63,11 +65,14 @@ class RunLog:
 
 class Throughput:
     """Samples per second, and the share of the time spent waiting for the data loader, over the window
-    since the last :meth:`window` call (the steps between two logged ones).
+    since the last :meth:`window` call (the steps between two logged ones), leaving out what runs
+    :meth:`excluded` (evaluation, checkpoints).
 
     A share near 1 means the loader, not the model, sets the pace (more DataLoader ``workers``, an image
-    store: :mod:`gclcore.image_store`). It is the time the loop is blocked on the loader's next batch; the
-    step syncs with the device once (its finite-gradient check), so on a GPU that is time the device idles.
+    store: :mod:`gclcore.image_store`). It is the time the loop is blocked on the loader's next batch
+    (epoch ends included, where the workers stop and the next epoch's start). The trainer's step waits for
+    the device once (its finite-gradient check; with fp16, the gradient scaler's step), so on a GPU that is
+    roughly time the device idles. Under torchrun each rank has its own; the log shows rank 0's.
     """
 
     def __init__(self):
@@ -76,18 +81,18 @@ class Throughput:
     def add(self, samples: int) -> None:
         self.samples += samples
 
-    def timed(self, batches):
+    def timed(self, batches) -> Iterator:
         """``batches`` as they come, the time blocked on each next one counted as waiting for data."""
-        iterator = iter(batches)
-        while True:
-            start = time.perf_counter()
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-            self.waited += time.perf_counter() - start
-            yield batch
-            del batch  # not held while the next one loads: on a GPU, two batches' pixels would not fit
+        return _TimedBatches(iter(batches), self)
+
+    @contextlib.contextmanager
+    def excluded(self):
+        """The time spent inside is neither training nor waiting: the window leaves it out."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.start += time.perf_counter() - start
 
     def window(self) -> dict[str, float]:
         """``samples_per_s`` and ``data_wait`` (a share in [0, 1]) of the window, which then starts again."""
@@ -96,6 +101,24 @@ class Throughput:
         row = {"samples_per_s": self.samples / elapsed, "data_wait": min(self.waited / elapsed, 1.0)}
         self.start, self.samples, self.waited = now, 0, 0.0
         return row
+
+
+class _TimedBatches:
+    """An iterator over ``batches`` that adds the time blocked in each ``next`` to ``clock.waited``. It holds
+    no batch itself: once the loop lets go of one (on a GPU, its pixels), it is freed."""
+
+    def __init__(self, batches: Iterator, clock: Throughput):
+        self.batches, self.clock = batches, clock
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        try:
+            return next(self.batches)
+        finally:
+            self.clock.waited += time.perf_counter() - start
 
 
 def read_history(run_dir: str | os.PathLike) -> pd.DataFrame:

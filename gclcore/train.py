@@ -369,10 +369,11 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
                     log.append(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{row['samples_per_s']:.0f}",
                                     data_wait=f"{row['data_wait']:.0%}")
-                if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
-                    evaluation(state)
-                if (cfg.save_every > 0 and state.step % cfg.save_every == 0) or (logged and clock.due()):
-                    save_state()
+                with throughput.excluded():  # evaluation and checkpoints are not training's samples/s
+                    if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
+                        evaluation(state)
+                    if (cfg.save_every > 0 and state.step % cfg.save_every == 0) or (logged and clock.due()):
+                        save_state()
                 if on_step is not None:
                     on_step(state.step)
                 interrupted = stop.requested()
@@ -380,10 +381,11 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
                     break
             if state.batch_in_epoch == len(batches):  # the epoch is complete
                 state.next_epoch()
-                if cfg.epoch_checkpoints and ctx.is_main:
-                    checkpoint.save_model(out / "checkpoints" / f"epoch_{state.epoch}.pt", model, state, cfg.model)
-                if cfg.save_every == 0:
-                    save_state()
+                with throughput.excluded():
+                    if cfg.epoch_checkpoints and ctx.is_main:
+                        checkpoint.save_model(out / "checkpoints" / f"epoch_{state.epoch}.pt", model, state, cfg.model)
+                    if cfg.save_every == 0:
+                        save_state()
     interrupted = interrupted or stop.requested()  # a signal during the last step's epoch-end work
     bar.close()
     save_state()

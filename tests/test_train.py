@@ -34,7 +34,8 @@ def config(tmp_path, tiny_shop, **overrides):
 
 def test_throughput_tells_a_slow_loader_from_a_slow_step():
     """data_wait is the share of a window spent blocked on the loader: near 1 when batches come slowly,
-    near 0 when the step is the slow part (sleeps of 0.1 s against microseconds of bookkeeping)."""
+    near 0 when the step is the slow part (sleeps of 0.1 s against microseconds of bookkeeping); time spent
+    in excluded() (evaluation, checkpoints) is left out."""
     import time
 
     from gclcore.runlog import Throughput
@@ -54,6 +55,11 @@ def test_throughput_tells_a_slow_loader_from_a_slow_step():
     step_bound = clock.window()
     assert loader_bound["data_wait"] > 0.9 and step_bound["data_wait"] < 0.1, (loader_bound, step_bound)
     assert 24 / 0.5 < step_bound["samples_per_s"] <= 24 / 0.3  # 24 samples in at least 0.3 s
+    for _ in clock.timed(range(3)):
+        with clock.excluded():  # evaluation, checkpoints: not in the window
+            time.sleep(0.1)
+        clock.add(8)
+    assert clock.window()["samples_per_s"] > 24 / 0.05
 
 
 def test_training_lowers_the_loss_and_improves_dev_ndcg(tmp_path, tiny_shop):
@@ -825,9 +831,12 @@ def test_a_steps_micro_batches_are_released_before_the_next_batch_arrives(tmp_pa
         refs.append(weakref.ref(arrived["image_local"]))
         return arrived
 
-    refs = []
+    refs, alive_after_step = [], []
     monkeypatch.setattr(FullTowers, "_arrived", tracked)
     trainer.train(config(tmp_path, tiny_shop, freeze="none", batch_size=8, accum_freq=2, epochs=1, max_steps=3,
-                         eval_split="", workers=0))
+                         eval_split="", workers=0),
+                  on_step=lambda step: alive_after_step.append(sum(ref() is not None for ref in refs)))
     # micro-batches of one step: the first sees none alive, the second sees the first; never the last step's
     assert alive_when_yielding == [0, 1] * 3
+    # nor are they held after their step (through evaluation and checkpoints: here, on_step)
+    assert alive_after_step == [0, 0, 0]
