@@ -90,7 +90,7 @@ class SaveClock:
         if not self.seconds:
             return False
         late = float(self.now() - self.last >= self.seconds)
-        return distributed.mean_over_ranks(late, self.ctx, self.device) > 0
+        return distributed.reduce_over_ranks(late, self.ctx, self.device, "max") > 0
 
 
 def remove_partial_saves(output_dir: str | Path) -> list[Path]:

@@ -133,15 +133,18 @@ def average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
         offset += g.numel()
 
 
-def mean_over_ranks(value: float, ctx: Context, device: torch.device) -> float:
-    """A scalar averaged over ranks (for logging the global loss)."""
+def reduce_over_ranks(value: float, ctx: Context, device: torch.device, op: str = "mean") -> float:
+    """A scalar over ranks: their ``mean`` (the global loss) or ``max`` (any rank's flag; the slowest rank's
+    share of waiting for data). Every rank gets it."""
     import torch.distributed as dist
 
+    if op not in ("mean", "max"):
+        raise ValueError(f"op must be mean or max, not {op!r}")
     if not ctx.enabled:
         return value
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.item() / ctx.world
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return tensor.item() / (ctx.world if op == "mean" else 1)
 
 
 def gather_objects(obj, ctx: Context) -> list:

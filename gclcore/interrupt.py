@@ -70,4 +70,4 @@ class GracefulStop:
             return self.signal_name is not None
         from gclcore import distributed
 
-        return distributed.mean_over_ranks(float(self.signal_name is not None), self.ctx, self.device) > 0
+        return distributed.reduce_over_ranks(float(self.signal_name is not None), self.ctx, self.device, "max") > 0

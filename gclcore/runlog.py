@@ -72,7 +72,7 @@ class Throughput:
     store: :mod:`gclcore.image_store`). It is the time the loop is blocked on the loader's next batch
     (epoch ends included, where the workers stop and the next epoch's start). The trainer's step waits for
     the device once (its finite-gradient check; with fp16, the gradient scaler's step), so on a GPU that is
-    roughly time the device idles. Under torchrun each rank has its own; the log shows rank 0's.
+    roughly time the device idles. Under torchrun each rank has its own; the log shows the largest.
     """
 
     def __init__(self):

@@ -455,9 +455,12 @@ def _skipped_step_row(state: TrainState, rows: pd.DataFrame, index: np.ndarray) 
 def _progress_row(state: TrainState, loss: torch.Tensor, lr: float, model, throughput: Throughput,
                   ctx: distributed.Context, device: torch.device) -> dict:
     """A training row of the log: the loss (mean over ranks), learning rate, logit scale, samples/s and the
-    share of the time waiting for data (:class:`~gclcore.runlog.Throughput`)."""
-    return {"step": state.step, "epoch": state.epoch, "loss": distributed.mean_over_ranks(loss.item(), ctx, device),
-            "lr": lr, "logit_scale": model.logit_scale.exp().item(), **throughput.window()}
+    share of the time waiting for data (:class:`~gclcore.runlog.Throughput`; the slowest rank's: a rank
+    that waits for its loader holds the others up in the gradient all-reduce)."""
+    window = throughput.window()
+    return {"step": state.step, "epoch": state.epoch, "loss": distributed.reduce_over_ranks(loss.item(), ctx, device),
+            "lr": lr, "logit_scale": model.logit_scale.exp().item(), "samples_per_s": window["samples_per_s"],
+            "data_wait": distributed.reduce_over_ranks(window["data_wait"], ctx, device, "max")}
 
 
 def _result(out: Path, state: TrainState, test: pd.DataFrame | None, cfg: TrainConfig) -> TrainResult:

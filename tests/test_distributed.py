@@ -77,7 +77,8 @@ def _worker(rank: int, world: int, port: int, results):
     results[rank] = dict(p=p.grad.tolist(), q=q.grad.tolist(), weight=module.weight.tolist(), offset=offset,
                          gathered=gathered.detach().flatten().tolist(), x_grad=x.grad.flatten().tolist(),
                          objects=distributed.gather_objects(rank * 10, ctx),
-                         loss=distributed.mean_over_ranks(float(rank), ctx, torch.device("cpu")))
+                         loss=distributed.reduce_over_ranks(float(rank), ctx, torch.device("cpu")),
+                         slowest=distributed.reduce_over_ranks(0.25 + rank, ctx, torch.device("cpu"), "max"))
     distributed.stop(ctx)
 
 
@@ -92,6 +93,7 @@ def test_collectives_in_a_two_process_gloo_group():
     # d(sum_r loss_r)/dx: both ranks' losses reach each rank's rows (reduce-scatter of the sum)
     assert r0["x_grad"] == [2.0, 4.0] and r1["x_grad"] == [6.0, 8.0]
     assert r0["objects"] == [0, 10] and r0["loss"] == r1["loss"] == 0.5
+    assert r0["slowest"] == r1["slowest"] == 1.25  # max: every rank gets the largest
 
 
 def _tiled_worker(rank, world, port, results):
