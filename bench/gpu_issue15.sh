@@ -3,8 +3,9 @@
 # exact top-1000 for 2,000 queries over 1M and 10M x 512 fp16 documents; ViT-B-32 bf16 training samples/s
 # with the image store and DataLoader workers (our trainer and open_clip_train, each with its share of a
 # step waiting for data, and both loaders alone, without a model); the largest global batch
-# (GradCache + tiled loss + gradient checkpointing). Random weights (nothing is downloaded); a synthetic
-# shop of 12,000 queries x 30 results (145k training rows, 40k 96 px product images).
+# (GradCache + tiled loss + gradient checkpointing); and issue #11's corpus encoding images/s. Random
+# weights (nothing is downloaded); a synthetic shop of 12,000 queries x 30 results (145k training rows,
+# 40k 96 px product images).
 #
 #     OUT=results/ bash bench/gpu_issue15.sh    # from the repository root, gclcore importable
 set -u
@@ -34,6 +35,9 @@ timeout 300 python3 bench/train_speed.py --device cuda --model ViT-B-32 --pretra
 sed -n '/^{/,/^}/p' "$OUT/train_speed.log" | tee "$OUT/train_speed.json"
 timeout 300 python3 bench/large_batch.py --data "$SHOP" --model ViT-B-32 --precision bf16 --micro-batch 2048 \
     --global-batch 16384 65536 --workers "$WORKERS" 2>&1 | tee "$OUT/large_batch.log" | grep -v "^train"
+# issue #11's corpus encoding (ViT-B-32 fp16, 8,192 JPEGs through Encoder.encode_image_files, beside the model alone)
+timeout 150 python3 bench/reproduce_speed.py --device cuda --workers "$WORKERS" 2> "$OUT/reproduce_speed.log" \
+    | tee "$OUT/reproduce_speed.json"
 # diagnostic, last: the loaders alone, without a model
 timeout 150 python3 bench/loader_speed.py --data "$SHOP" --model ViT-B-32 --batch-size 1024 --batches 48 \
     --workers "$WORKERS" --rounds 1 2> "$OUT/loader_speed.log" | tee "$OUT/loader_speed.json"
