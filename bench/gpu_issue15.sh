@@ -38,7 +38,9 @@ timeout 300 python3 bench/large_batch.py --data "$SHOP" --model ViT-B-32 --preci
 # issue #11's corpus encoding (ViT-B-32 fp16, 8,192 JPEGs through Encoder.encode_image_files, beside the model alone)
 timeout 150 python3 bench/reproduce_speed.py --device cuda --workers "$WORKERS" 2> "$OUT/reproduce_speed.log" \
     | tee "$OUT/reproduce_speed.json"
-# diagnostic, last: the loaders alone, without a model
+# diagnostics, last: where a step waits for the device (CUDA's sync debug mode); the loaders alone, without a model
+timeout 120 python3 bench/step_syncs.py --data "$SHOP" --model ViT-B-32 --batch-size 1024 --workers "$WORKERS" \
+    2> "$OUT/step_syncs.log" | tee "$OUT/step_syncs.json"
 timeout 150 python3 bench/loader_speed.py --data "$SHOP" --model ViT-B-32 --batch-size 1024 --batches 48 \
     --workers "$WORKERS" --rounds 1 2> "$OUT/loader_speed.log" | tee "$OUT/loader_speed.json"
 nvidia-smi --query-gpu=memory.used --format=csv | tee -a "$OUT/gpu.txt"

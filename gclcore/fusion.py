@@ -76,9 +76,12 @@ def fuse(embeddings: Sequence[torch.Tensor], weights: Sequence[float] | torch.Te
     if len(embeddings) == 0:
         raise ValueError("fuse needs at least one field")
     stacked = torch.stack([F.normalize(e.float(), dim=-1) for e in embeddings], dim=1)  # (n, m, d)
-    a = torch.as_tensor(weights, dtype=stacked.dtype, device=stacked.device).expand(stacked.shape[:2])
     if len(embeddings) == 1 and present is None:
         return stacked[:, 0]
+    if torch.is_tensor(weights):
+        a = weights.to(device=stacked.device, dtype=stacked.dtype).expand(stacked.shape[:2])
+    else:  # filled on the device: a host tensor copied there would wait for the forward pass queued before it
+        a = torch.stack([stacked.new_full(stacked.shape[:1], float(w)) for w in weights], dim=1)
     if present is not None:
         a = a * present.to(stacked.dtype)
     total = a.sum(dim=1, keepdim=True)

@@ -50,11 +50,18 @@ class DeviceNormalize:
         # a tensor, not the Python 255: CUDA divides by a CPU scalar as a multiplication by its
         # reciprocal (one bit off for about half the values); by a tensor it divides, as the CPU does
         self.full_scale = torch.full((1, 1, 1, 1), 255.0)
+        self._on_device = {}
+
+    def constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(full_scale, mean, std)`` on ``device``, copied there once: a copy from host memory in every
+        step would wait for the work queued on the device before it."""
+        if device not in self._on_device:
+            self._on_device[device] = tuple(t.to(device) for t in (self.full_scale, self.mean, self.std))
+        return self._on_device[device]
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        device = pixels.device
-        x = pixels.to(torch.float32).div(self.full_scale.to(device))
-        return x.sub_(self.mean.to(device)).div_(self.std.to(device))
+        full_scale, mean, std = self.constants(pixels.device)
+        return pixels.to(torch.float32).div(full_scale).sub_(mean).div_(std)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"

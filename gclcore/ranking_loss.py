@@ -33,6 +33,8 @@ every rank's gradient and the trainer averages over ranks).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -109,5 +111,5 @@ def lambda_pairwise(scores: torch.Tensor, gains: torch.Tensor, member: torch.Ten
         weight = torch.where(better, delta / idcg[:, :, None], torch.zeros_like(delta))
         weight = weight / weight.sum((1, 2), keepdim=True).clamp_min(1e-12)
     margin = scores[:, :, None] - scores[:, None, :]
-    pair = F.softplus(-margin) / torch.log(torch.tensor(2.0, dtype=scores.dtype, device=scores.device))
+    pair = F.softplus(-margin) / math.log(2.0)
     return (weight * torch.where(better, pair, torch.zeros_like(pair))).sum((1, 2))

@@ -110,29 +110,40 @@ class PairObjective:
     def __init__(self, rows: pd.DataFrame, lhs: tuple[Field, ...], rhs: tuple[Field, ...], cfg: TrainConfig,
                  model: torch.nn.Module, device: torch.device, gather=None):
         self.lhs, self.rhs, self.model, self.device, self.mode = lhs, rhs, model, device, cfg.field_mode
-        self.weights = torch.tensor(rows["weight"].to_numpy(), dtype=torch.float32)
-        self.qids, self.dids = torch.tensor(rows["qid"].to_numpy()), torch.tensor(rows["did"].to_numpy())
-        self.present = {f.name: torch.tensor(rows[f.name].notna().to_numpy()) for f in lhs + rhs}
+        # the rows' lookups live on the device, where a batch's are gathered: copies from host memory in the
+        # middle of a step would each wait for the forward pass queued before them
+        self.weights = torch.tensor(rows["weight"].to_numpy(), dtype=torch.float32, device=device)
+        self.qids = torch.tensor(rows["qid"].to_numpy(), device=device)
+        self.dids = torch.tensor(rows["did"].to_numpy(), device=device)
+        self.present = {f.name: torch.tensor(rows[f.name].notna().to_numpy(), device=device) for f in lhs + rhs}
         self.loss = GCLLoss(cfg.weight_norm, cfg.direction, cfg.duplicates, gather=gather,
                             tile=None if cfg.loss_tile < 0 else cfg.loss_tile)
         self.ranking, self.ranking_weight, self.gather = cfg.ranking_loss, cfg.ranking_weight, gather
 
     def __call__(self, embedded: dict[str, torch.Tensor], index: np.ndarray) -> torch.Tensor:
         """The loss over the rows ``index`` with their per-field ``embedded`` (N, d) tensors."""
-        idx, dev = torch.as_tensor(index), self.device
+        idx = to_device(torch.as_tensor(index), self.device)
         scale = self.model.logit_scale.exp()
 
         def side(fields):
             return Side(fields, {f.name: embedded[f.name] for f in fields},
-                        {f.name: self.present[f.name][idx].to(dev) for f in fields})
+                        {f.name: self.present[f.name][idx] for f in fields})
 
-        query, doc, weights, qids = side(self.lhs), side(self.rhs), self.weights[idx].to(dev), self.qids[idx].to(dev)
+        query, doc, weights, qids = side(self.lhs), side(self.rhs), self.weights[idx], self.qids[idx]
         loss = multi_field_loss(self.loss, query, doc, scale, weights, mode=self.mode, query_ids=qids,
-                                doc_ids=self.dids[idx].to(dev))
+                                doc_ids=self.dids[idx])
         if self.ranking == "none":
             return loss
         return loss + self.ranking_weight * ranking_loss(self.ranking, query.fused(), doc.fused(), scale, weights, qids,
                                                          self.gather)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without waiting for the work queued there: to a GPU through pinned memory,
+    asynchronously (a copy from pageable memory first waits for everything queued on the stream)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def train_step(towers: Towers, objective: PairObjective, parts: list, optimizer: torch.optim.Optimizer,
