@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from gclcore.data import Dataset, ImageSource, atomic_write, image_basename
+from gclcore.loaders import to_device
 from gclcore.models import state_digest as _digest
 
 FEATURES_VERSION = "2"
@@ -178,10 +179,10 @@ class HeadEncoder:
         self._image = cache.image_features.to(device)
 
     def embed_text_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.model.text.proj(self._text[rows.to(self.device)]), dim=-1)
+        return F.normalize(self.model.text.proj(self._text[to_device(rows, self.device)]), dim=-1)
 
     def embed_image_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.model.visual.head(self._image[rows.to(self.device)]), dim=-1)
+        return F.normalize(self.model.visual.head(self._image[to_device(rows, self.device)]), dim=-1)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:

@@ -75,6 +75,8 @@ def fuse(embeddings: Sequence[torch.Tensor], weights: Sequence[float] | torch.Te
     """
     if len(embeddings) == 0:
         raise ValueError("fuse needs at least one field")
+    if len(weights) != len(embeddings):
+        raise ValueError(f"fuse: {len(weights)} weights for {len(embeddings)} fields")
     stacked = torch.stack([F.normalize(e.float(), dim=-1) for e in embeddings], dim=1)  # (n, m, d)
     if len(embeddings) == 1 and present is None:
         return stacked[:, 0]

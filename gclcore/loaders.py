@@ -19,6 +19,15 @@ from gclcore.data import ImageSource
 from gclcore.pixels import split_transform
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device`` without waiting for the work queued there: a host tensor goes to a GPU through
+    pinned memory, asynchronously (a copy from pageable memory first waits for everything queued on the
+    stream, e.g. a forward pass); anything else is an ordinary ``.to``."""
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def default_workers() -> int:
     """DataLoader workers: one per core beyond the main process, at most 8 (0 on a 1-core machine)."""
     return min(8, max(0, (os.cpu_count() or 1) - 1))

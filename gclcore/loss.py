@@ -175,7 +175,7 @@ class GCLLoss(nn.Module):
             same_d = all_dids[rows, None] == all_dids[None, :]
             if self.duplicates == "mask":
                 other = (same_q | same_d)
-                other[torch.arange(n), rows] = False
+                other[torch.arange(n, device=other.device), rows] = False
                 logits_lr = logits_lr.masked_fill(other, float("-inf"))
                 logits_rl = logits_rl.masked_fill(other, float("-inf"))
                 targets_lr = targets_rl = None
@@ -208,7 +208,7 @@ class GCLLoss(nn.Module):
         """Per-row cross-entropy against the diagonal (targets None) or a target distribution."""
         log_p = F.log_softmax(logits, dim=1)
         if targets is None:
-            return -log_p[torch.arange(len(rows)), rows]
+            return -log_p[torch.arange(len(rows), device=log_p.device), rows]  # a host index would wait
         return -(targets * torch.where(targets > 0, log_p, torch.zeros_like(log_p))).sum(1)
 
 

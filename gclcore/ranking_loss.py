@@ -111,5 +111,5 @@ def lambda_pairwise(scores: torch.Tensor, gains: torch.Tensor, member: torch.Ten
         weight = torch.where(better, delta / idcg[:, :, None], torch.zeros_like(delta))
         weight = weight / weight.sum((1, 2), keepdim=True).clamp_min(1e-12)
     margin = scores[:, :, None] - scores[:, None, :]
-    pair = F.softplus(-margin) / math.log(2.0)
+    pair = F.softplus(-margin) / scores.new_full((), math.log(2.0))  # on the device: no copy, an exact division
     return (weight * torch.where(better, pair, torch.zeros_like(pair))).sum((1, 2))

@@ -45,6 +45,7 @@ from gclcore.data import Dataset, atomic_write, open_dataset
 from gclcore.evaluate import dev_subcorpus, evaluate, evaluate_split
 from gclcore.fusion import Field, Side, parse_fields
 from gclcore.interrupt import EXIT_INTERRUPTED, GracefulStop, TrainingInterrupted
+from gclcore.loaders import to_device
 from gclcore.loss import GCLLoss, multi_field_loss
 from gclcore.optim import Precision, build_optimizer, cosine_schedule, set_lr
 from gclcore.ranking_loss import ranking_loss
@@ -138,14 +139,6 @@ class PairObjective:
                                                          self.gather)
 
 
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device`` without waiting for the work queued there: to a GPU through pinned memory,
-    asynchronously (a copy from pageable memory first waits for everything queued on the stream)."""
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
-
-
 def train_step(towers: Towers, objective: PairObjective, parts: list, optimizer: torch.optim.Optimizer,
                precision: Precision, params: list[torch.nn.Parameter], *, grad_clip: float = 0.0,
                sync: distributed.GradientSync | None = None) -> tuple[torch.Tensor, bool]:
@@ -197,7 +190,10 @@ def train_step(towers: Towers, objective: PairObjective, parts: list, optimizer:
     precision.scaler.unscale_(optimizer)
     norm = (torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip
             else torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-    finite = precision.scaler.is_enabled() or (bool(torch.isfinite(norm)) and (sync.world > 1 or bool(torch.isfinite(loss))))
+    # one wait for the device per step: this check (the loss is per rank, the norm of the averaged gradients
+    # the same on every rank, so under torchrun the ranks decide on the norm alone)
+    finite = precision.scaler.is_enabled() or bool(torch.isfinite(norm) if sync.world > 1
+                                                   else torch.isfinite(norm) & torch.isfinite(loss))
     if finite:
         precision.scaler.step(optimizer)
         precision.scaler.update()
