@@ -27,10 +27,12 @@ import time
 from argparse import Namespace
 from pathlib import Path
 
+from train_speed import open_clip_csv  # bench/, the script's own folder
+
 from gclcore import image_store
 from gclcore.batching import epoch_batches
 from gclcore.config import TrainConfig
-from gclcore.data import ImageResolver, open_dataset, read_split_csv
+from gclcore.data import open_dataset
 from gclcore.fusion import parse_fields
 from gclcore.models import load_encoder
 from gclcore.towers import build_towers
@@ -47,12 +49,8 @@ def arrival_rate(batches, batch_size: int, workers: int) -> float:
 def open_clip_rate(data: Path, encoder, batch_size: int, batches: int, workers: int, work: Path) -> float:
     from open_clip_train.data import get_csv_dataset
 
-    rows = read_split_csv(data / "query_0_product_id_0.csv", columns=["query", "image_local"])
-    resolver = ImageResolver(data / "images")
-    rows = rows.assign(filepath=[str(resolver.resolve(p)) for p in rows["image_local"]])
-    rows = rows.sample(n=min(len(rows), batch_size * batches), random_state=0)
-    rows[["filepath", "query"]].to_csv(work / "train.csv", index=False)
-    args = Namespace(train_data=str(work / "train.csv"), csv_img_key="filepath", csv_caption_key="query",
+    csv_path = open_clip_csv(data, batch_size * batches, work / "train.csv")
+    args = Namespace(train_data=str(csv_path), csv_img_key="filepath", csv_caption_key="query",
                      csv_separator=",", distributed=False, batch_size=batch_size, workers=workers)
     loader = get_csv_dataset(args, encoder.preprocess_train, is_train=True, tokenizer=encoder.tokenizer).dataloader
     return arrival_rate(iter(loader), batch_size, workers)

@@ -51,16 +51,20 @@ def steady(steps: list[tuple[float, float]], warmup: int) -> list[tuple[float, f
     return steps[warmup:] if len(steps) > warmup else steps
 
 
+def open_clip_csv(data_dir: Path, n_rows: int, csv_path: Path) -> Path:
+    """``n_rows`` random in-domain training rows (query, resolved image file) as open_clip_train's CSV dataset."""
+    rows = read_split_csv(data_dir / "query_0_product_id_0.csv", columns=["query", "image_local"])
+    resolver = ImageResolver(data_dir / "images")
+    rows = rows.assign(filepath=[str(resolver.resolve(p)) for p in rows["image_local"]])
+    rows.sample(n=min(len(rows), n_rows), random_state=0)[["filepath", "query"]].to_csv(csv_path, index=False)
+    return csv_path
+
+
 def open_clip_speed(data_dir: Path, batch_size: int, steps: int, workers: int, device: str, work: Path,
                     warmup: int, model: str, pretrained: str, precision: str) -> list[tuple[float, float]]:
     from open_clip_train.main import main as open_clip_main
 
-    rows = read_split_csv(data_dir / "query_0_product_id_0.csv", columns=["query", "image_local"])
-    resolver = ImageResolver(data_dir / "images")
-    rows = rows.assign(filepath=[str(resolver.resolve(p)) for p in rows["image_local"]])
-    rows = rows.sample(n=min(len(rows), batch_size * steps), random_state=0)
-    csv_path, name = work / "train.csv", f"bench-{time.time_ns()}"
-    rows[["filepath", "query"]].to_csv(csv_path, index=False)
+    csv_path, name = open_clip_csv(data_dir, batch_size * steps, work / "train.csv"), f"bench-{time.time_ns()}"
     if model == "default":
         norm = _register_default_config(DEFAULT_MODEL)
         model_args = ["--model", DEFAULT_MODEL, "--image-mean", *map(str, norm["mean"]),
