@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from gclcore import image_store
+from gclcore.causal_text import cut_after_pooled, encode_text
 from gclcore.data import Dataset, ImageResolver, ImageSource
 from gclcore.data.images import DEFAULT_MAX_BAD
 from gclcore.fusion import Field
@@ -161,8 +162,9 @@ class FullTowers:
             self.resolver.warn_placeholders("trained on")
 
     def _arrived(self, batch: dict) -> dict:
-        """A micro-batch from the DataLoader: its images counted, a Hugging Face tower's tokens cut after
-        the longest text (:func:`~gclcore.models.trim_padding`, here on the CPU: on the device it would wait
+        """A micro-batch from the DataLoader: its images counted, its tokens cut after the longest text
+        (a Hugging Face tower's by :func:`~gclcore.models.trim_padding`, open_clip's causal one's by
+        :func:`~gclcore.causal_text.cut_after_pooled`; here on the CPU: on the device the length would wait
         for the GPU), its tokens and pixels on the device."""
         device = self.encoder.device
         for f in self.fields:
@@ -170,7 +172,7 @@ class FullTowers:
                 stored = [self.dataset.rows[f.name][i] for i in batch["index"].tolist()]
                 self.resolver.record_batch(stored, batch[f"{f.name}/status"])
             else:
-                batch[f.name] = trim_padding(self.model, batch[f.name])
+                batch[f.name] = cut_after_pooled(self.model, trim_padding(self.model, batch[f.name]))
         return {k: v.to(device, non_blocking=True) if k in self.dataset.rows else v for k, v in batch.items()}
 
     def indices(self, batch: dict) -> np.ndarray:
@@ -178,16 +180,16 @@ class FullTowers:
 
     def embed(self, batch: dict) -> dict[str, torch.Tensor]:
         """Text fields (e.g. query and title) in one text-tower call when their tokens are as long, which
-        is faster than one call each; a Hugging Face tower's tokens arrive cut after each field's longest
-        text (:meth:`_arrived`), and fields of other lengths go one call each (a query's 10 tokens are not
-        padded to a title's 23). Image fields one call each, because BatchNorm's batch statistics must stay
-        per field. The batch is on the device already (:meth:`_arrived`)."""
+        is faster than one call each; tokens arrive cut after each field's longest text (:meth:`_arrived`),
+        and fields of other lengths go one call each (a query's 10 tokens are not padded to a title's 23).
+        Image fields one call each, because BatchNorm's batch statistics must stay per field. The batch is
+        on the device already (:meth:`_arrived`)."""
         tokens = {f.name: batch[f.name] for f in self.fields if not f.is_image}
         if len({t.shape[1] for t in tokens.values()}) == 1:
-            joined = self.model.encode_text(torch.cat(list(tokens.values())), normalize=True)
+            joined = encode_text(self.model, torch.cat(list(tokens.values())))
             embedded = dict(zip(tokens, joined.chunk(len(tokens))))
         else:
-            embedded = {name: self.model.encode_text(t, normalize=True) for name, t in tokens.items()}
+            embedded = {name: encode_text(self.model, t) for name, t in tokens.items()}
         for f in self.fields:
             if f.is_image:
                 embedded[f.name] = self.model.encode_image(self.pixels(batch, f.name), normalize=True)

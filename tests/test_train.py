@@ -475,6 +475,28 @@ def test_full_towers_embed_text_fields_in_one_call_like_separate_calls(tiny_shop
         assert torch.allclose(embedded["image_local"], alone)
 
 
+def test_full_towers_cut_a_clip_text_towers_padding(tiny_shop):
+    """ViT-S-32's causal text tower: each text field's tokens arrive cut after the micro-batch's longest
+    text (not open_clip's 77 positions), and embed as open_clip embeds them padded."""
+    from gclcore.data import ImageResolver
+    from gclcore.fusion import parse_fields
+
+    encoder = load_encoder("ViT-S-32", pretrained="none", device="cpu")
+    cfg = trainer.TrainConfig(data_dir=str(tiny_shop), workers=0)
+    lhs, rhs = parse_fields("query=1"), parse_fields("image_local=0.9,title=0.1")
+    rows = trainer.training_rows(cfg, lhs + rhs)
+    towers = FullTowers(encoder, rows, lhs + rhs, ImageResolver(tiny_shop / "images"), seed=0, workers=0)
+    [batch] = next(towers.loader([np.arange(6)], epoch=0))
+    encoder.model.eval()
+    with torch.no_grad():
+        embedded = towers.embed(batch)
+        for name in ("query", "title"):
+            padded = encoder.tokenizer([str(v) for v in rows[name].astype(object).tolist()[:6]])
+            longest = int((padded != 0).sum(1).max())
+            assert longest < 20 and torch.equal(batch[name], padded[:, :longest])
+            assert torch.allclose(embedded[name], encoder.model.encode_text(padded, normalize=True), atol=1e-6)
+
+
 @pytest.mark.parametrize("objective", [{}, {"batching": "grouped", "ranking_loss": "listnet"},
                                        {"batching": "grouped", "ranking_loss": "lambda", "duplicates": "positives"}])
 def test_train_step_accumulation_equals_the_full_batch_step(tmp_path, tiny_shop, objective):
