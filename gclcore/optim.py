@@ -4,6 +4,7 @@
   learnable logit scale (open_clip's rule).
 - Linear warm-up to ``lr`` over ``warmup_steps``, then a half-cosine to 0 at ``total_steps``.
 - Precision ``auto`` = bf16 autocast on CUDA, fp32 on CPU; fp16 uses a gradient scaler.
+- cuDNN picks its convolution algorithms by timing them while training (:func:`autotuned_convolutions`).
 """
 
 from __future__ import annotations
@@ -67,3 +68,21 @@ class Precision:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+@contextlib.contextmanager
+def autotuned_convolutions(device: torch.device):
+    """Training on a GPU with ``torch.backends.cudnn.benchmark`` on, as ``open_clip_train`` runs: cuDNN times
+    its convolution algorithms once per input shape and keeps the fastest, instead of taking the one its
+    heuristics choose (for a ViT, its patch embedding: a 32 x 32 kernel at stride 32). Training batches keep
+    one shape, so the timing is paid once. The setting is restored on leaving: evaluation afterwards encodes
+    with cuDNN's heuristics, as the published evaluation does. Nothing changes on other devices."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before

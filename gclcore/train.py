@@ -47,7 +47,7 @@ from gclcore.fusion import Field, Side, parse_fields
 from gclcore.interrupt import EXIT_INTERRUPTED, GracefulStop, TrainingInterrupted
 from gclcore.loaders import to_device
 from gclcore.loss import GCLLoss, multi_field_loss
-from gclcore.optim import Precision, build_optimizer, cosine_schedule, set_lr
+from gclcore.optim import Precision, autotuned_convolutions, build_optimizer, cosine_schedule, set_lr
 from gclcore.ranking_loss import ranking_loss
 from gclcore.runlog import RunLog, Throughput, split_history
 from gclcore.towers import Towers, build_towers, field_prefixes, resolve_freeze
@@ -349,7 +349,8 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step",
                disable=not (cfg.progress and ctx.is_main))
     throughput, interrupted, bad_steps = Throughput(), False, 0
-    with GracefulStop(ctx, device) as stop:  # SIGTERM / SIGINT: stop at the next step boundary, state saved
+    # SIGTERM / SIGINT: stop at the next step boundary, state saved
+    with GracefulStop(ctx, device) as stop, autotuned_convolutions(device):
         while state.step < total_steps and not interrupted:
             batches = distributed.shard(sampler(len(rows), batch_rows, cfg.seed, state.epoch), ctx)
             for parts in throughput.timed(towers.loader(batches[state.batch_in_epoch:], state.epoch, cfg.accum_freq)):

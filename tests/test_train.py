@@ -18,7 +18,7 @@ from gclcore import data
 from gclcore import train as trainer
 from gclcore.data import DataFormatError
 from gclcore.models import load_encoder
-from gclcore.optim import Precision
+from gclcore.optim import Precision, autotuned_convolutions
 from gclcore.towers import FullTowers, build_towers
 
 pytestmark = pytest.mark.slow
@@ -473,6 +473,21 @@ def test_full_towers_embed_text_fields_in_one_call_like_separate_calls(tiny_shop
             assert embedded[name].shape == (6, 256) and torch.allclose(embedded[name], alone, atol=1e-5)
         alone = encoder.model.encode_image(towers.pixels(batch, "image_local"), normalize=True)
         assert torch.allclose(embedded["image_local"], alone)
+
+
+def test_convolutions_are_autotuned_while_training_on_a_gpu_and_restored_after():
+    """cuDNN's benchmark mode is on inside a GPU training loop (an error included) and back as it was after
+    it; on the CPU it is left alone."""
+    gpu = torch.device("cuda")
+    for before in (False, True):
+        torch.backends.cudnn.benchmark = before
+        with pytest.raises(KeyError), autotuned_convolutions(gpu):
+            assert torch.backends.cudnn.benchmark
+            raise KeyError("a step failed")
+        assert torch.backends.cudnn.benchmark is before
+        with autotuned_convolutions(torch.device("cpu")):
+            assert torch.backends.cudnn.benchmark is before
+    torch.backends.cudnn.benchmark = False
 
 
 def test_full_towers_cut_a_clip_text_towers_padding(tiny_shop):
