@@ -30,7 +30,7 @@ timeout 200 python3 bench/eval_speed.py --device cuda --dtype float16 --docs 100
 
 wait $shop || { tail -20 "$OUT/shop.log"; exit 1; }
 timeout 120 python3 -m gclcore.image_store build --data-dir "$SHOP" --model ViT-B-32 --workers "$WORKERS" 2>&1 | tail -3
-timeout 300 python3 bench/train_speed.py --device cuda --model ViT-B-32 --pretrained none --precision bf16 \
+timeout 360 python3 bench/train_speed.py --device cuda --model ViT-B-32 --pretrained none --precision bf16 \
     --batch-size 1024 --workers "$WORKERS" --steps 14 --warmup 4 --data "$SHOP" > "$OUT/train_speed.log" 2>&1
 sed -n '/^{/,/^}/p' "$OUT/train_speed.log" | tee "$OUT/train_speed.json"
 timeout 300 python3 bench/large_batch.py --data "$SHOP" --model ViT-B-32 --precision bf16 --micro-batch 2048 \

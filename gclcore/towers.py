@@ -26,7 +26,7 @@ from gclcore.causal_text import cut_after_pooled, encode_text
 from gclcore.data import Dataset, ImageResolver, ImageSource
 from gclcore.data.images import DEFAULT_MAX_BAD
 from gclcore.fusion import Field
-from gclcore.loaders import default_workers
+from gclcore.loaders import default_workers, to_device
 from gclcore.models import trim_padding
 from gclcore.pixels import split_transform
 
@@ -165,7 +165,9 @@ class FullTowers:
         """A micro-batch from the DataLoader: its images counted, its tokens cut after the longest text
         (a Hugging Face tower's by :func:`~gclcore.models.trim_padding`, open_clip's causal one's by
         :func:`~gclcore.causal_text.cut_after_pooled`; here on the CPU: on the device the length would wait
-        for the GPU), its tokens and pixels on the device."""
+        for the GPU), its tokens and pixels on the device. Cut tokens are a strided view of the pinned batch,
+        which a copy would first make contiguous in pageable memory and then wait for the device's queued work
+        to copy; :func:`~gclcore.loaders.to_device` pins them first (pinned pixels go as they are)."""
         device = self.encoder.device
         for f in self.fields:
             if f.is_image:
@@ -173,7 +175,7 @@ class FullTowers:
                 self.resolver.record_batch(stored, batch[f"{f.name}/status"])
             else:
                 batch[f.name] = cut_after_pooled(self.model, trim_padding(self.model, batch[f.name]))
-        return {k: v.to(device, non_blocking=True) if k in self.dataset.rows else v for k, v in batch.items()}
+        return {k: to_device(v, device) if k in self.dataset.rows else v for k, v in batch.items()}
 
     def indices(self, batch: dict) -> np.ndarray:
         return batch["index"].numpy()
