@@ -91,23 +91,30 @@ def open_clip_speed(data_dir: Path, batch_size: int, steps: int, workers: int, d
 
 def ours_speed(data_dir: Path, batch_size: int, steps: int, workers: int, device: str, work: Path, warmup: int,
                model: str, pretrained: str, precision: str, padded: bool = False, **cfg) -> list[tuple[float, float]]:
-    with padded_texts() if padded else contextlib.nullcontext():
-            result = train(data_dir=str(data_dir), output_dir=str(work / "ours"), freeze="none", batch_size=batch_size,
+    with padded_texts() if padded else contextlib.nullcontext() as uncut_batches:
+        result = train(data_dir=str(data_dir), output_dir=str(work / "ours"), freeze="none", batch_size=batch_size,
                        epochs=1, max_steps=steps, workers=workers, device=device, log_every=1, eval_split="",
                        model=model, pretrained=pretrained, precision=precision, grad_clip=0.0, save_every=-1,
                        epoch_checkpoints=False, progress=False, **cfg)
+    if padded and not uncut_batches:
+        raise RuntimeError("the padded run cut its texts: the trainer no longer calls gclcore.towers.cut_after_pooled")
     shutil.rmtree(work / "ours")
     return steady(list(zip(result.history["samples_per_s"], result.history["data_wait"])), warmup)
 
 
 @contextlib.contextmanager
 def padded_texts():
-    """The trainer's padding cuts switched off: its micro-batches keep every text at the context length."""
-    def uncut(model, tokens):
+    """The trainer's padding cuts switched off: its micro-batches keep every text at the context length.
+    Yields the list of token batches left uncut, so a run can show that it went through the switch."""
+    uncut_batches = []
+
+    def cut_after_pooled(model, tokens):
+        uncut_batches.append(tokens.shape)
         return tokens
 
-    with mock.patch("gclcore.towers.cut_after_pooled", uncut), mock.patch("gclcore.towers.trim_padding", uncut):
-        yield
+    with (mock.patch("gclcore.towers.cut_after_pooled", cut_after_pooled),
+          mock.patch("gclcore.towers.trim_padding", lambda model, tokens: tokens)):
+        yield uncut_batches
 
 
 def loss_costs(batch_size: int, device: str, dim: int = 256, repeats: int = 200) -> dict[str, float]:

@@ -69,7 +69,8 @@ def cut_after_pooled(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tens
     tower = causal_tower(model)
     if tower is None or tokens.shape[0] == 0:
         return tokens
-    return tokens[:, :int(pooled_positions(tower, tokens).max()) + 1]
+    length = int(pooled_positions(tower, tokens).max()) + 1
+    return tokens if length == tokens.shape[1] else tokens[:, :length]
 
 
 def encode_text(model: torch.nn.Module, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -79,12 +80,12 @@ def encode_text(model: torch.nn.Module, tokens: torch.Tensor, normalize: bool = 
     tower = causal_tower(model)
     if tower is None or tokens.shape[1] == tower.modules.positional_embedding.shape[0]:
         return model.encode_text(tokens, normalize=normalize)
-    parts, length = tower.modules, tokens.shape[1]
-    cast_dtype = parts.transformer.get_cast_dtype()
-    x = parts.token_embedding(tokens).to(cast_dtype) + parts.positional_embedding[:length].to(cast_dtype)
-    x = parts.ln_final(parts.transformer(x, attn_mask=parts.attn_mask[:length, :length]))
+    text, length = tower.modules, tokens.shape[1]
+    cast_dtype = text.transformer.get_cast_dtype()
+    x = text.token_embedding(tokens).to(cast_dtype) + text.positional_embedding[:length].to(cast_dtype)
+    x = text.ln_final(text.transformer(x, attn_mask=text.attn_mask[:length, :length]))
     x = x[torch.arange(x.shape[0], device=x.device), pooled_positions(tower, tokens)]
-    projection = parts.text_projection
+    projection = text.text_projection
     if isinstance(projection, torch.nn.Linear):
         x = projection(x)
     elif projection is not None:

@@ -22,10 +22,12 @@ from gclcore.pixels import split_transform
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``tensor`` on ``device`` without waiting for the work queued there: a host tensor goes to a GPU through
     pinned memory, asynchronously (a copy from pageable memory first waits for everything queued on the
-    stream, e.g. a forward pass); anything else is an ordinary ``.to``."""
+    stream, e.g. a forward pass); anything else is an ordinary ``.to``. A strided view (tokens cut out of a
+    pinned batch) is made contiguous first: ``pin_memory`` returns a view of pinned storage as it is, and the
+    copy would then stage it through a pageable temporary; a pinned contiguous tensor goes as it is."""
     if device.type != "cuda" or tensor.device.type != "cpu":
         return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.contiguous().pin_memory().to(device, non_blocking=True)
 
 
 def default_workers() -> int:

@@ -4,7 +4,7 @@
   learnable logit scale (open_clip's rule).
 - Linear warm-up to ``lr`` over ``warmup_steps``, then a half-cosine to 0 at ``total_steps``.
 - Precision ``auto`` = bf16 autocast on CUDA, fp32 on CPU; fp16 uses a gradient scaler.
-- cuDNN picks its convolution algorithms by timing them while training (:func:`autotuned_convolutions`).
+- cuDNN picks its convolution algorithms by timing them in a training step (:func:`autotuned_convolutions`).
 """
 
 from __future__ import annotations
@@ -72,11 +72,12 @@ class Precision:
 
 @contextlib.contextmanager
 def autotuned_convolutions(device: torch.device):
-    """Training on a GPU with ``torch.backends.cudnn.benchmark`` on, as ``open_clip_train`` runs: cuDNN times
-    its convolution algorithms once per input shape and keeps the fastest, instead of taking the one its
-    heuristics choose (for a ViT, its patch embedding: a 32 x 32 kernel at stride 32). Training batches keep
-    one shape, so the timing is paid once. The setting is restored on leaving: evaluation afterwards encodes
-    with cuDNN's heuristics, as the published evaluation does. Nothing changes on other devices."""
+    """A training step on a GPU with ``torch.backends.cudnn.benchmark`` on, as ``open_clip_train`` trains: cuDNN
+    times its convolution algorithms once per input shape and keeps the fastest, instead of taking the one
+    its heuristics choose (for a ViT, its patch embedding: a 32 x 32 kernel at stride 32). A run's
+    micro-batches keep one shape (a shorter last one is timed once more). The setting is restored on leaving,
+    so evaluation, during training or after it, encodes with cuDNN's heuristics, as the published evaluation
+    does. Nothing changes on other devices."""
     if device.type != "cuda":
         yield
         return

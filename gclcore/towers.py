@@ -165,9 +165,9 @@ class FullTowers:
         """A micro-batch from the DataLoader: its images counted, its tokens cut after the longest text
         (a Hugging Face tower's by :func:`~gclcore.models.trim_padding`, open_clip's causal one's by
         :func:`~gclcore.causal_text.cut_after_pooled`; here on the CPU: on the device the length would wait
-        for the GPU), its tokens and pixels on the device. Cut tokens are a strided view of the pinned batch,
-        which a copy would first make contiguous in pageable memory and then wait for the device's queued work
-        to copy; :func:`~gclcore.loaders.to_device` pins them first (pinned pixels go as they are)."""
+        for the GPU), its tokens and pixels on the device without waiting for the device's queued work
+        (:func:`~gclcore.loaders.to_device`: cut tokens, a strided view of the pinned batch, are made
+        contiguous in pinned memory first; the pinned pixels go as they are)."""
         device = self.encoder.device
         for f in self.fields:
             if f.is_image:

@@ -349,14 +349,14 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step",
                disable=not (cfg.progress and ctx.is_main))
     throughput, interrupted, bad_steps = Throughput(), False, 0
-    # SIGTERM / SIGINT: stop at the next step boundary, state saved
-    with GracefulStop(ctx, device) as stop, autotuned_convolutions(device):
+    with GracefulStop(ctx, device) as stop:  # SIGTERM / SIGINT: stop at the next step boundary, state saved
         while state.step < total_steps and not interrupted:
             batches = distributed.shard(sampler(len(rows), batch_rows, cfg.seed, state.epoch), ctx)
             for parts in throughput.timed(towers.loader(batches[state.batch_in_epoch:], state.epoch, cfg.accum_freq)):
                 set_lr(optimizer, lr_at(state.step))
-                loss, finite = train_step(towers, objective, parts, optimizer, precision, params,
-                                          grad_clip=cfg.grad_clip, sync=sync)
+                with autotuned_convolutions(device):
+                    loss, finite = train_step(towers, objective, parts, optimizer, precision, params,
+                                              grad_clip=cfg.grad_clip, sync=sync)
                 index = batch_indices(towers, parts)
                 del parts  # its pixels leave the device before the next batch's arrive there (two would not fit)
                 state.advance()

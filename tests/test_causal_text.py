@@ -66,7 +66,7 @@ def test_cut_tokens_give_open_clips_embeddings_and_gradients(case):
 def test_a_batch_with_a_full_length_text_is_not_cut():
     model = small_model()
     tokens = padded_tokens([4, CONTEXT])
-    assert cut_after_pooled(model, tokens) is not tokens and cut_after_pooled(model, tokens).shape == tokens.shape
+    assert cut_after_pooled(model, tokens) is tokens
     with torch.no_grad():
         assert torch.equal(encode_text(model, tokens), model.encode_text(tokens, normalize=True))
 

@@ -475,19 +475,18 @@ def test_full_towers_embed_text_fields_in_one_call_like_separate_calls(tiny_shop
         assert torch.allclose(embedded["image_local"], alone)
 
 
-def test_convolutions_are_autotuned_while_training_on_a_gpu_and_restored_after():
-    """cuDNN's benchmark mode is on inside a GPU training loop (an error included) and back as it was after
-    it; on the CPU it is left alone."""
+def test_convolutions_are_autotuned_in_a_gpu_training_step_and_restored_after(monkeypatch):
+    """cuDNN's benchmark mode is on inside a GPU training step (one that fails included) and back as it was
+    after it; on the CPU it is left alone."""
     gpu = torch.device("cuda")
     for before in (False, True):
-        torch.backends.cudnn.benchmark = before
+        monkeypatch.setattr(torch.backends.cudnn, "benchmark", before)
         with pytest.raises(KeyError), autotuned_convolutions(gpu):
             assert torch.backends.cudnn.benchmark
             raise KeyError("a step failed")
         assert torch.backends.cudnn.benchmark is before
         with autotuned_convolutions(torch.device("cpu")):
             assert torch.backends.cudnn.benchmark is before
-    torch.backends.cudnn.benchmark = False
 
 
 def test_full_towers_cut_a_clip_text_towers_padding(tiny_shop):
