@@ -5,7 +5,7 @@ CLIP's text transformer reads a text through a causal attention mask (position i
 ``eos_id``). Everything after the pooled position of the batch's longest text is padding that can
 reach no pooled position: cutting those columns changes nothing but floating-point rounding (the
 softmax of a position sees the same keys; the masked ones added exp(-inf) = 0). open_clip pads every text to
-its 77 positions, so a short query of 8 tokens costs a tenth of what it is billed: for ViT-B-32 the text
+its 77 positions, so a query of 8 tokens is computed at nearly ten times its length: for ViT-B-32 the text
 tower is about 40% of a training step's work at 77 positions (bench/RESULTS.md). Hugging Face towers get
 the same cut by their padding mask (:func:`gclcore.models.trim_padding`).
 
@@ -77,6 +77,8 @@ def encode_text(model: torch.nn.Module, tokens: torch.Tensor, normalize: bool = 
     """(n, d) text embeddings of ``tokens`` (n, l), which may be cut (:func:`cut_after_pooled`) to fewer than
     the tower's positions: open_clip's ``encode_text`` with the positional embeddings and the causal mask
     sliced to l. Other towers, and tokens of the full length, go to ``model.encode_text`` itself."""
+    from open_clip.transformer import text_global_pool
+
     tower = causal_tower(model)
     if tower is None or tokens.shape[1] == tower.modules.positional_embedding.shape[0]:
         return model.encode_text(tokens, normalize=normalize)
@@ -84,7 +86,7 @@ def encode_text(model: torch.nn.Module, tokens: torch.Tensor, normalize: bool = 
     cast_dtype = text.transformer.get_cast_dtype()
     x = text.token_embedding(tokens).to(cast_dtype) + text.positional_embedding[:length].to(cast_dtype)
     x = text.ln_final(text.transformer(x, attn_mask=text.attn_mask[:length, :length]))
-    x = x[torch.arange(x.shape[0], device=x.device), pooled_positions(tower, tokens)]
+    x = text_global_pool(x, tokens, tower.pool_type, eos_token_id=tower.eos_id)
     projection = text.text_projection
     if isinstance(projection, torch.nn.Linear):
         x = projection(x)
