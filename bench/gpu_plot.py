@@ -2,10 +2,10 @@
 
     python bench/gpu_plot.py [--results bench/gpu_h200] [--out bench/gpu_issue15.png]
 
-Reads the JSON that ``bench/gpu_issue15.sh`` writes (retrieval_1m, retrieval_10m, train_speed,
-large_batch) and draws: the search against its floor and target, training samples/s of both trainers
-against the target (each with its median share of a step spent waiting for data, where recorded), and peak
-device memory against the global batch.
+Reads the JSON that ``bench/gpu_issue15.sh`` writes (retrieval_1m, retrieval_10m, train_speed and,
+where present, train_speed_gcl, large_batch) and draws: the search against its floor and target, training
+samples/s of both trainers against the target (each with its median share of a step spent waiting for data,
+where recorded), and peak device memory against the global batch.
 """
 
 import argparse
@@ -27,6 +27,10 @@ def main():
     load = lambda name: json.loads((results / f"{name}.json").read_text())  # noqa: E731
     search = {"1M docs": load("retrieval_1m"), "10M docs": load("retrieval_10m")}
     speed, batches = load("train_speed"), load("large_batch")
+    if (results / "train_speed_gcl.json").exists():  # GCL's variants, timed last since the second GPU run
+        gcl = load("train_speed_gcl")
+        speed.update({k: v for k, v in gcl.items() if k.startswith("ours_")})
+        speed.setdefault("data_wait", {}).update(gcl.get("data_wait", {}))
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4.2))
 
     names = list(search)
