@@ -26,6 +26,9 @@ default. ``data_wait`` is each trainer's median share of a step spent waiting fo
 open_clip's is an upper bound on a GPU: its step does not wait for the device before its clock stops, so
 the rest of a step's device work is waited for in the next step's ``Data (t)`` (at its logging's
 ``.item()``); ours waits inside the step (the finite-gradient check), outside the timed wait.
+Each timed run is a Python process of its own, so that no trainer runs with another's process-wide
+settings (``open_clip_train`` switches on TF32 matrix products and cuDNN's benchmark mode for the whole
+process) or its cached device memory.
 
 The loss-side cost of GCL is also timed in isolation (``loss_ms``): forward + backward of open_clip's
 ``ClipLoss`` against our loss as each configuration calls it (weights, presence masks, fusion), on
@@ -37,6 +40,7 @@ import contextlib
 import json
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -124,6 +128,17 @@ def padded_texts():
         yield uncut_batches
 
 
+def in_own_process(name: str, result: Path) -> list[tuple[float, float]]:
+    """One trainer's timed steps, from a fresh Python process running this script for ``name`` alone.
+    ``open_clip_train`` sets torch's process-wide switches (TF32 matrix products, cuDNN's benchmark mode), and a
+    process's caching allocator keeps what a run reserved: a trainer timed after another in the same process
+    would run with the other's settings and memory, not as it runs on its own."""
+    # the trainers' own printing goes to stderr: this script's output is its JSON alone
+    subprocess.run([sys.executable, __file__, *sys.argv[1:], "--runs", name, "--child-result", str(result)],
+                   check=True, stdout=sys.stderr)
+    return [tuple(step) for step in json.loads(result.read_text())]
+
+
 def loss_costs(batch_size: int, device: str, dim: int = 256, repeats: int = 200) -> dict[str, float]:
     """Milliseconds per forward + backward of each loss as the trainer calls it, on random embeddings."""
     from open_clip.loss import ClipLoss
@@ -181,6 +196,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=1, help="repeat the runs, interleaved, this many times")
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
                         help="which trainers to time, in this order (default: all five)")
+    parser.add_argument("--child-result", help=argparse.SUPPRESS)  # a run's own process writes its steps here
     args = parser.parse_args()
     data = Path(args.data)
     common = dict(batch_size=args.batch_size, steps=args.steps, workers=args.workers, device=args.device,
@@ -194,13 +210,17 @@ def main():
             return open_clip_speed(data, work=work, **common)
         return ours_speed(data, work=work, **RUNS[name], **common)
 
+    if args.child_result:
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(args.child_result).write_text(json.dumps(run(args.runs[0], Path(tmp))))
+        return
     runs = list(dict.fromkeys(args.runs))
     speeds, waits = {name: [] for name in runs}, {name: [] for name in runs}
     round_medians = {name: [] for name in runs}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):  # interleaved, so a slow spell of the machine hits every trainer
             for name in runs:
-                steps = run(name, Path(tmp))
+                steps = in_own_process(name, Path(tmp) / f"{name}-{round_}.json")
                 speeds[name] += [speed for speed, _ in steps]
                 waits[name] += [wait for _, wait in steps]
                 round_medians[name].append(round(float(np.median([speed for speed, _ in steps])), 2))
