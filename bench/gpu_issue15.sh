@@ -3,9 +3,9 @@
 # ViT-B-32 bf16 training samples/s with the image store and DataLoader workers (our trainer and
 # open_clip_train, each with its share of a step waiting for data, and both loaders alone, without a
 # model); the largest global batch (GradCache + tiled loss + gradient checkpointing); issue #11's corpus
-# encoding images/s; exact top-1000 for 2,000 queries over 1M and 10M x 512 fp16 documents. Random
-# weights (nothing is downloaded); a synthetic shop of 12,000 queries x 30 results (145k training rows,
-# 40k 96 px product images).
+# encoding images/s; each trainer's device time per step (torch.profiler); exact top-1000 for 2,000
+# queries over 1M and 10M x 512 fp16 documents. Random weights (nothing is downloaded); a synthetic shop
+# of 12,000 queries x 30 results (145k training rows, 40k 96 px product images).
 #
 #     OUT=results/ bash bench/gpu_issue15.sh    # from the repository root, gclcore importable
 #
@@ -48,6 +48,12 @@ part "corpus encoding (issue #11)"
 # ViT-B-32 fp16, 8,192 JPEGs through Encoder.encode_image_files, beside the model alone
 timeout 150 python3 bench/reproduce_speed.py --device cuda --workers "$WORKERS" 2> "$OUT/reproduce_speed.log" \
     | tee "$OUT/reproduce_speed.json"
+part "device time per step: open_clip_train, ours"
+# torch.profiler over each whole run: the device's busy time and share of the steady steps, its top kernels
+timeout 240 python3 bench/train_speed.py --device cuda --model ViT-B-32 --pretrained none --precision bf16 \
+    --batch-size 1024 --workers "$WORKERS" --steps 10 --warmup 4 --data "$SHOP" --profile \
+    --runs open_clip_train ours_binary > "$OUT/device_profile.log" 2>&1
+sed -n '/^{$/,/^}$/p' "$OUT/device_profile.log" > "$OUT/device_profile.json"
 part "training samples/s: GCL's weights, multi-field"
 timeout 150 python3 bench/train_speed.py --device cuda --model ViT-B-32 --pretrained none --precision bf16 \
     --batch-size 1024 --workers "$WORKERS" --steps 14 --warmup 4 --data "$SHOP" \

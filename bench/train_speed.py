@@ -4,6 +4,7 @@
     python bench/train_speed.py [--data data/synth-small-seed0] [--batch-size 32] [--steps 12] [--rounds 1]
     python bench/train_speed.py --device cuda --model ViT-B-32 --pretrained /weights/vitb32.pt \
         --precision bf16 --batch-size 256 --workers 8 --data DATA_DIR     # the GPU target
+    python bench/train_speed.py ... --runs open_clip_train ours_binary [--profile]
 
 Same model config (default: the embedded default dual encoder; full fine-tuning: freeze="none"), same training
 rows (the in-domain split: query text -> product image), same batch size, same number of DataLoader
@@ -29,6 +30,10 @@ the rest of a step's device work is waited for in the next step's ``Data (t)`` (
 Each timed run is a Python process of its own, so that no trainer runs with another's process-wide
 settings (``open_clip_train`` switches on TF32 matrix products and cuDNN's benchmark mode for the whole
 process) or its cached device memory.
+
+``--profile`` runs each trainer under ``torch.profiler`` and reports, instead of a comparable speed, where its
+steady steps' time goes on the device (:func:`device_profile`): whether a trainer is slower because its
+device works longer per step or because the device waits for it.
 
 The loss-side cost of GCL is also timed in isolation (``loss_ms``): forward + backward of open_clip's
 ``ClipLoss`` against our loss as each configuration calls it (weights, presence masks, fusion), on
@@ -128,15 +133,67 @@ def padded_texts():
         yield uncut_batches
 
 
-def in_own_process(name: str, result: Path) -> list[tuple[float, float]]:
-    """One trainer's timed steps, from a fresh Python process running this script for ``name`` alone.
-    ``open_clip_train`` sets torch's process-wide switches (TF32 matrix products, cuDNN's benchmark mode), and a
-    process's caching allocator keeps what a run reserved: a trainer timed after another in the same process
-    would run with the other's settings and memory, not as it runs on its own."""
+@contextlib.contextmanager
+def device_profile(warmup: int):
+    """Profiles what runs inside (a whole training run, ``torch.profiler``) and fills the yielded dict, once
+    left, with the device's work per step over the steady steps: from the end of the ``warmup``-th optimiser
+    step to the end of the last, on the host's clock (each trainer's ``Optimizer.step`` marks its steps).
+
+    - ``device_ms``: the time kernels and copies kept the device busy (overlapping ones counted once);
+    - ``busy_share``: that time over the window's wall time; below 1 the device waited for the host or
+      the loader. The profiler's own host work lowers it a little; as the device runs behind the host by
+      less than a step (both trainers wait for it every step), the window is exact to that lag;
+    - ``kernels``: device operations launched; ``top``: the 12 taking most device time, with their calls.
+
+    Without a GPU only ``steps`` and ``window_ms`` are filled (a check of the script itself)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    stats = {}
+    with profile(activities=activities) as prof:
+        yield stats
+    stats.update(device_work(prof.events(), warmup))
+
+
+def device_work(events, warmup: int) -> dict:
+    """:func:`device_profile`'s figures from a profile's events (``torch.autograd.profiler_util.FunctionEvent``)."""
+    step_ends = sorted(e.time_range.end for e in events  # the host's calls, not their spans on the device
+                       if e.name.startswith("Optimizer.step#") and e.device_type == torch.autograd.DeviceType.CPU)
+    if len(step_ends) <= warmup:
+        raise RuntimeError(f"the profile has {len(step_ends)} optimiser steps, not more than --warmup {warmup}")
+    start, end = step_ends[warmup - 1] if warmup else 0, step_ends[-1]
+    steps = len(step_ends) - warmup
+    stats = {"steps": steps, "window_ms": round((end - start) / 1000 / steps, 2)}
+    # kernels, copies and fills; not the device-side spans of record_function ranges (they enclose kernels)
+    on_device = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+                 and e.activity_type != "gpu_user_annotation" and start <= e.time_range.start < end]
+    if not on_device:
+        return stats
+    busy, reach = 0.0, start
+    for begin, finish in sorted((e.time_range.start, min(e.time_range.end, end)) for e in on_device):
+        busy += max(0.0, finish - max(begin, reach))
+        reach = max(reach, finish)
+    per_name = {}
+    for e in on_device:
+        total, calls = per_name.get(e.name, (0.0, 0))
+        per_name[e.name] = (total + e.time_range.elapsed_us(), calls + 1)
+    top = sorted(per_name.items(), key=lambda item: -item[1][0])[:12]
+    return stats | {"device_ms": round(busy / 1000 / steps, 2), "busy_share": round(busy / (end - start), 3),
+                    "kernels": round(len(on_device) / steps),
+                    "top": [{"name": name[:120], "ms": round(total / 1000 / steps, 2), "calls": round(calls / steps, 1)}
+                            for name, (total, calls) in top]}
+
+
+def in_own_process(name: str, result: Path) -> dict:
+    """One trainer's timed ``steps`` (and its ``profile`` with ``--profile``), from a fresh Python process
+    running this script for ``name`` alone. ``open_clip_train`` sets torch's process-wide switches (TF32
+    matrix products, cuDNN's benchmark mode), and a process's caching allocator keeps what a run reserved: a
+    trainer timed after another in the same process would run with the other's settings and memory, not as
+    it runs on its own."""
     # the trainers' own printing goes to stderr: this script's output is its JSON alone
     subprocess.run([sys.executable, __file__, *sys.argv[1:], "--runs", name, "--child-result", str(result)],
                    check=True, stdout=sys.stderr)
-    return [tuple(step) for step in json.loads(result.read_text())]
+    return json.loads(result.read_text())
 
 
 def loss_costs(batch_size: int, device: str, dim: int = 256, repeats: int = 200) -> dict[str, float]:
@@ -196,6 +253,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=1, help="repeat the runs, interleaved, this many times")
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
                         help="which trainers to time, in this order (default: all five)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile each run and report its device time per step (device_profile); the "
+                             "profiler's host work slows the runs, so their samples/s are not comparable figures")
     parser.add_argument("--child-result", help=argparse.SUPPRESS)  # a run's own process writes its steps here
     args = parser.parse_args()
     data = Path(args.data)
@@ -211,8 +271,10 @@ def main():
         return ours_speed(data, work=work, **RUNS[name], **common)
 
     if args.child_result:
-        with tempfile.TemporaryDirectory() as tmp:
-            Path(args.child_result).write_text(json.dumps(run(args.runs[0], Path(tmp))))
+        with (tempfile.TemporaryDirectory() as tmp,
+              device_profile(args.warmup) if args.profile else contextlib.nullcontext() as profiled):
+            steps = run(args.runs[0], Path(tmp))
+        Path(args.child_result).write_text(json.dumps({"steps": steps, "profile": profiled}))
         return
     runs = list(dict.fromkeys(args.runs))
     speeds, waits = {name: [] for name in runs}, {name: [] for name in runs}
@@ -220,7 +282,10 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):  # interleaved, so a slow spell of the machine hits every trainer
             for name in runs:
-                steps = in_own_process(name, Path(tmp) / f"{name}-{round_}.json")
+                result = in_own_process(name, Path(tmp) / f"{name}-{round_}.json")
+                steps = result["steps"]
+                if args.profile:
+                    out.setdefault("device_profile", {})[name] = result["profile"]
                 speeds[name] += [speed for speed, _ in steps]
                 waits[name] += [wait for _, wait in steps]
                 round_medians[name].append(round(float(np.median([speed for speed, _ in steps])), 2))
