@@ -263,7 +263,8 @@ def main():
                   model=args.model, pretrained=args.pretrained, precision=args.precision,
                   warmup=args.warmup)
     out = {"model": args.model, "precision": args.precision, "batch_size": args.batch_size, "steps": args.steps,
-           "workers": args.workers, "device": args.device, "rounds": args.rounds, "warmup": args.warmup}
+           "workers": args.workers, "device": args.device, "rounds": args.rounds, "warmup": args.warmup,
+           "profiled": args.profile}  # profiled runs' samples/s are slowed by the profiler
 
     def run(name: str, work: Path) -> list[tuple[float, float]]:
         if RUNS[name] is None:
