@@ -133,6 +133,10 @@ def padded_texts():
         yield uncut_batches
 
 
+DEVICE_WORK = {"kernel", "gpu_memcpy", "gpu_memset"}
+"""The profiler's activity types of a device's own work."""
+
+
 @contextlib.contextmanager
 def device_profile(warmup: int):
     """Profiles what runs inside (a whole training run, ``torch.profiler``) and fills the yielded dict, once
@@ -164,10 +168,14 @@ def device_work(events, warmup: int) -> dict:
     start, end = step_ends[warmup - 1] if warmup else 0, step_ends[-1]
     steps = len(step_ends) - warmup
     stats = {"steps": steps, "window_ms": round((end - start) / 1000 / steps, 2)}
-    # kernels, copies and fills; not the device-side spans of record_function ranges (they enclose kernels)
-    on_device = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
-                 and e.activity_type != "gpu_user_annotation" and start <= e.time_range.start < end]
+    # the device's work: kernels, copies and fills; not its other rows (the spans of record_function ranges,
+    # which enclose kernels; waits for syncs and events)
+    on_gpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    on_device = [e for e in on_gpu if e.activity_type in DEVICE_WORK and start <= e.time_range.start < end]
     if not on_device:
+        if on_gpu:  # a profiler that names its device rows otherwise would be read as an idle device
+            raise RuntimeError(f"no {sorted(DEVICE_WORK)} among the profile's device events "
+                               f"({sorted({str(e.activity_type) for e in on_gpu})}) between the steady steps")
         return stats
     busy, reach = 0.0, start
     for begin, finish in sorted((e.time_range.start, min(e.time_range.end, end)) for e in on_device):
