@@ -19,6 +19,11 @@ SHOP=${SHOP:-/tmp/gpu-shop}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 part() { echo "${SECONDS} s: $1" | tee -a "$OUT/timeline.txt"; }
+# the JSON that a part printed among its log lines: json_of NAME (NAME.log -> NAME.json)
+json_of() { sed -n '/^{$/,/^}$/p' "$OUT/$1.log" > "$OUT/$1.json"; }
+# ViT-B-32 bf16 training, batch 1,024, on the shop: train_speed SECONDS_ALLOWED [train_speed.py options]
+train_speed() { timeout "$1" python3 bench/train_speed.py --device cuda --model ViT-B-32 --pretrained none \
+    --precision bf16 --batch-size 1024 --workers "$WORKERS" --data "$SHOP" "${@:2}"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, open_clip; print('torch', torch.__version__, 'open_clip', open_clip.__version__)" | tee -a "$OUT/gpu.txt"
 { nproc; free -g | head -2; df -h /dev/shm | tail -1; } | tee -a "$OUT/gpu.txt"
@@ -35,31 +40,25 @@ wait $shop || { tail -20 "$OUT/shop.log"; exit 1; }
 part "image store"
 timeout 120 python3 -m gclcore.image_store build --data-dir "$SHOP" --model ViT-B-32 --workers "$WORKERS" 2>&1 | tail -3
 part "training samples/s: open_clip_train, ours, ours with texts padded"
-timeout 300 python3 bench/train_speed.py --device cuda --model ViT-B-32 --pretrained none --precision bf16 \
-    --batch-size 1024 --workers "$WORKERS" --steps 14 --warmup 4 --data "$SHOP" \
-    --runs open_clip_train ours_binary ours_binary_padded > "$OUT/train_speed.log" 2>&1
+train_speed 300 --steps 14 --warmup 4 --runs open_clip_train ours_binary ours_binary_padded > "$OUT/train_speed.log" 2>&1
 grep '^# run' "$OUT/train_speed.log"
-sed -n '/^{$/,/^}$/p' "$OUT/train_speed.log" > "$OUT/train_speed.json"
+json_of train_speed
 part "largest global batch"
 timeout 300 python3 bench/large_batch.py --data "$SHOP" --model ViT-B-32 --precision bf16 --micro-batch 2048 \
     --global-batch 16384 65536 --workers "$WORKERS" 2>&1 | tee "$OUT/large_batch.log" | grep -v "^train"
-sed -n '/^{$/,/^}$/p' "$OUT/large_batch.log" > "$OUT/large_batch.json"
+json_of large_batch
 part "corpus encoding (issue #11)"
 # ViT-B-32 fp16, 8,192 JPEGs through Encoder.encode_image_files, beside the model alone
 timeout 150 python3 bench/reproduce_speed.py --device cuda --workers "$WORKERS" 2> "$OUT/reproduce_speed.log" \
     | tee "$OUT/reproduce_speed.json"
 part "device time per step: open_clip_train, ours"
 # torch.profiler over each whole run: the device's busy time and share of the steady steps, its top kernels
-timeout 240 python3 bench/train_speed.py --device cuda --model ViT-B-32 --pretrained none --precision bf16 \
-    --batch-size 1024 --workers "$WORKERS" --steps 10 --warmup 4 --data "$SHOP" --profile \
-    --runs open_clip_train ours_binary > "$OUT/device_profile.log" 2>&1
-sed -n '/^{$/,/^}$/p' "$OUT/device_profile.log" > "$OUT/device_profile.json"
+train_speed 240 --steps 10 --warmup 4 --profile --runs open_clip_train ours_binary > "$OUT/device_profile.log" 2>&1
+json_of device_profile
 part "training samples/s: GCL's weights, multi-field"
-timeout 150 python3 bench/train_speed.py --device cuda --model ViT-B-32 --pretrained none --precision bf16 \
-    --batch-size 1024 --workers "$WORKERS" --steps 14 --warmup 4 --data "$SHOP" \
-    --runs ours_weighted ours_multi_field > "$OUT/train_speed_gcl.log" 2>&1
+train_speed 150 --steps 14 --warmup 4 --runs ours_weighted ours_multi_field > "$OUT/train_speed_gcl.log" 2>&1
 grep '^# run' "$OUT/train_speed_gcl.log"
-sed -n '/^{$/,/^}$/p' "$OUT/train_speed_gcl.log" > "$OUT/train_speed_gcl.json"
+json_of train_speed_gcl
 # diagnostics: where a step waits for the device (CUDA's sync debug mode); the loaders alone, without a model
 part "step syncs"
 timeout 120 python3 bench/step_syncs.py --data "$SHOP" --model ViT-B-32 --batch-size 1024 --workers "$WORKERS" \
