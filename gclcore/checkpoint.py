@@ -8,13 +8,16 @@ A run directory holds:
   grad-scaler states, the :class:`TrainState` (step, epoch, position in the epoch, log history), the RNG
   states of every rank and the config.
 
-Every file is written atomically (a kill mid-save leaves the previous file intact).
+Every file is written atomically (a kill mid-save leaves the previous file intact). A run checks before its
+first step that its folder's disk has room for the checkpoints it will write (:func:`check_disk_space`), and
+a save that fails says which file, how large and how much room its disk has (:class:`CheckpointWriteError`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +47,77 @@ class TrainState:
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the message names the file, its size and its disk's free space."""
+
+
+class NotEnoughDiskSpace(OSError):
+    """A run's folder is on a disk with less free space than the checkpoints the run will write there."""
+
+
+def tensor_bytes(payload) -> int:
+    """Bytes of the tensors in ``payload`` (tensors in nested dicts, lists and tuples; anything else counts
+    0): what a ``torch.save`` of it holds, less its pickled structure (kilobytes)."""
+    if isinstance(payload, torch.Tensor):
+        return payload.numel() * payload.element_size()
+    if isinstance(payload, dict):
+        return sum(tensor_bytes(value) for value in payload.values())
+    if isinstance(payload, (list, tuple)):
+        return sum(tensor_bytes(value) for value in payload)
+    return 0
+
+
+def megabytes(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:,.0f} MiB"
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free space on the disk that holds ``path`` (its nearest existing folder when it does not exist yet)."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
 def save_file(path: str | Path, payload: dict) -> None:
-    """``torch.save`` through an atomic write (parent folders created)."""
+    """``torch.save`` through an atomic write (parent folders created). A failed write raises
+    :class:`CheckpointWriteError` with the payload's size and the disk's free space (a full disk surfaces
+    from ``torch.save`` as a bare ``RuntimeError: ... unexpected pos``); the previous file stays intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, binary=True) as fh:
-        torch.save(payload, fh)
+    try:
+        with atomic_write(path, binary=True) as fh:
+            torch.save(payload, fh)
+    except (OSError, RuntimeError) as error:
+        size, free = tensor_bytes(payload), free_bytes(path.parent)  # the partial file is gone by now
+        fix = (": too little. Free space there, or give the run another output_dir (resume=latest continues "
+               "from the last state saved)" if free < size else "")
+        raise CheckpointWriteError(f"could not write {path}: {error}. It holds {megabytes(size)} of tensors and "
+                                   f"its disk has {megabytes(free)} free{fix}") from error
+
+
+def bytes_to_write(model: torch.nn.Module, trained: list[torch.nn.Parameter], epoch_checkpoints: int) -> dict[str, int]:
+    """The least a run will add to its folder, by file (tensor bytes): one ``state-latest.pt`` (the model's
+    weights + AdamW's two moments per trained parameter; a state already there is replaced through a full
+    new copy), ``model.pt`` (the weights) and ``epoch_checkpoints`` copies of ``epoch_N.pt``."""
+    weights = tensor_bytes(model.state_dict())
+    moments = 2 * sum(p.numel() * p.element_size() for p in trained)  # exp_avg and exp_avg_sq, in the params' dtype
+    needed = {"checkpoints/state-latest.pt": weights + moments, "model.pt": weights}
+    if epoch_checkpoints:
+        needed[f"checkpoints/epoch_N.pt x {epoch_checkpoints}"] = epoch_checkpoints * weights
+    return needed
+
+
+def check_disk_space(output_dir: str | Path, needed: dict[str, int]) -> None:
+    """Raise :class:`NotEnoughDiskSpace` before training when ``output_dir``'s disk has less free space than
+    ``needed`` (:func:`bytes_to_write`) adds up to: such a run would fail at a save, at the end at the latest."""
+    free, total = free_bytes(output_dir), sum(needed.values())
+    if free < total:
+        files = ", ".join(f"{name} {megabytes(size)}" for name, size in needed.items())
+        raise NotEnoughDiskSpace(
+            f"{output_dir} is on a disk with {megabytes(free)} free, and this run's checkpoints need at least "
+            f"{megabytes(total)} there ({files}). Free space on that disk, give the run another output_dir, "
+            f"or keep fewer files (epoch_checkpoints=false)")
 
 
 def save_model(path: str | Path, model: torch.nn.Module, state: TrainState, name: str) -> None:

@@ -316,7 +316,8 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     sampler = sampler or (QueryGroupedBatches.for_rows(rows, cfg.products_per_query, cfg.within_query)
                           if cfg.batching == "grouped" else epoch_batches)
     batch_rows = cfg.batch_size * cfg.accum_freq * ctx.world  # the global batch
-    total_steps = _total_steps(cfg, len(sampler(len(rows), batch_rows, cfg.seed, 0)), len(rows), batch_rows)
+    steps_per_epoch = len(sampler(len(rows), batch_rows, cfg.seed, 0))
+    total_steps = _total_steps(cfg, steps_per_epoch, len(rows), batch_rows)
     cfg = _record_config(cfg, cfg.resolved(resolve_freeze(cfg.freeze, model), total_steps), total_steps, out, ctx)
     towers = distributed.main_first(ctx, lambda: build_towers(
         cfg.freeze, encoder, rows, lhs + rhs, dataset, cache_dir=cfg.feature_cache_dir, seed=cfg.seed,
@@ -332,6 +333,10 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     lr_at = cosine_schedule(cfg.lr, cfg.warmup_steps, total_steps)
     precision = Precision.choose(cfg.precision, device)
     state = checkpoint.load_state(resume, model, optimizer, precision.scaler, ctx, cfg) if resume else TrainState()
+    epoch_ends = (total_steps // steps_per_epoch - state.step // steps_per_epoch
+                  if cfg.epoch_checkpoints and steps_per_epoch else 0)
+    # every rank checks (the same folder), so none waits in a collective for a rank that stopped here
+    checkpoint.check_disk_space(out, checkpoint.bytes_to_write(model, params, epoch_ends))
     sync = distributed.GradientSync(towers, ctx, cfg.grad_sync)
     _write_config(cfg, out, ctx)  # after the resume check: a refused state leaves the run's record as it was
     log = RunLog(out, state.history, write=ctx.is_main, tensorboard=cfg.tensorboard)

@@ -685,6 +685,32 @@ def test_long_runs_save_their_state_every_so_many_minutes(tmp_path, tiny_shop, m
     assert saves == [4, 8, 12, 13]  # asked at log steps (every 2): due at step 4 (75 s), then 8, 12; the end
 
 
+def test_the_disk_check_counts_what_the_run_writes_and_refuses_a_full_disk_before_step_one(tmp_path, tiny_shop,
+                                                                                         monkeypatch):
+    """The run's own files against the sizes its disk check asked for (tensor bytes: the files add only their
+    pickled structure); with too little room the run stops before its first step, its folder untouched."""
+    from gclcore import checkpoint
+
+    asked, check = [], checkpoint.check_disk_space
+    monkeypatch.setattr(checkpoint, "check_disk_space", lambda out, needed: asked.append(needed) or check(out, needed))
+    cfg = config(tmp_path, tiny_shop, epochs=2, save_every=-1, eval_split="")
+    trainer.train(cfg)
+    out = Path(cfg.output_dir)
+    written = {"checkpoints/state-latest.pt": (out / "checkpoints" / "state-latest.pt").stat().st_size,
+               "model.pt": (out / "model.pt").stat().st_size,
+               "checkpoints/epoch_N.pt x 2": sum(p.stat().st_size for p in (out / "checkpoints").glob("epoch_*.pt"))}
+    assert asked[0].keys() == written.keys()
+    for name, size in written.items():
+        assert asked[0][name] <= size <= asked[0][name] * 1.01 + 2**20, (name, asked[0][name], size)
+
+    monkeypatch.setattr(checkpoint, "free_bytes", lambda path: 2**20)
+    fresh = dataclasses.replace(cfg, output_dir=str(tmp_path / "full-disk"))
+    with pytest.raises(checkpoint.NotEnoughDiskSpace, match=r"full-disk is on a disk with 1 MiB free, and this run's "
+                                                           r"checkpoints need at least [\d,]+ MiB there"):
+        trainer.train(fresh)
+    assert sorted(p.name for p in (tmp_path / "full-disk").iterdir()) == []
+
+
 def test_resume_refuses_a_state_of_another_configuration(tmp_path, tiny_shop):
     cfg = config(tmp_path, tiny_shop, epochs=2, max_steps=4, save_every=2, eval_top_k=10)
     trainer.train(cfg)
