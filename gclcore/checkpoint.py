@@ -6,7 +6,8 @@ A run directory holds:
   "state_dict"}``), loadable by :func:`gclcore.models.load_encoder` and by open_clip itself;
 - ``checkpoints/state-latest.pt``: everything needed to continue bit for bit: model, optimiser and
   grad-scaler states, the :class:`TrainState` (step, epoch, position in the epoch, log history), the RNG
-  states of every rank and the config.
+  states of every rank and the config. It stays when the run ends (so ``epochs`` or ``max_steps`` can be
+  raised and the run continued) unless ``keep_state=false``.
 
 Every file is written atomically (a kill mid-save leaves the previous file intact). A run checks before its
 first step that its folder's disk has room for the checkpoints it will write (:func:`check_disk_space`), and

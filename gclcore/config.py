@@ -93,6 +93,8 @@ class TrainConfig:
     save_every: int = 0                     # steps between full-state saves (0: each epoch, -1: at the end only)
     save_every_minutes: int = 30            # also save the state once this long since the last save (0: off)
     epoch_checkpoints: bool = True          # keep an open_clip checkpoint per epoch (checkpoints/epoch_N.pt)
+    keep_state: bool = True                 # keep checkpoints/state-latest.pt when the run ends (false: removed
+                                            # after the tests: the ended run can't be extended)
     log_every: int = 10
     device: str = ""                        # "" -> cuda if available; under torchrun each rank's cuda:LOCAL_RANK
     dist_backend: str = "auto"              # under torchrun: auto (nccl on GPUs, gloo on CPUs) | nccl | gloo
@@ -224,8 +226,9 @@ REGIME_DEFAULTS = {
 RESUME_MAY_CHANGE = frozenset({
     "resume", "output_dir", "data_dir", "image_root", "hf_dir", "feature_cache_dir", "device", "dist_backend",
     "dist_timeout_min", "workers", "progress", "tensorboard", "log_every", "save_every", "save_every_minutes",
-    "epoch_checkpoints", "eval_every", "test_splits", "epochs", "max_steps", "warmup_steps", "max_bad_images",
-    "max_bad_steps", "save_rankings", "loss_tile", "grad_checkpointing", "grad_sync", "image_store_dir"})
+    "epoch_checkpoints", "keep_state", "eval_every", "test_splits", "epochs", "max_steps", "warmup_steps",
+    "max_bad_images", "max_bad_steps", "save_rankings", "loss_tile", "grad_checkpointing", "grad_sync",
+    "image_store_dir"})
 """Fields a resumed run may change (where things are, how it reports and saves, how long it runs: the
 default full fine-tuning warm-up follows the run's length); any other difference means another run, and
 resuming refuses it (:meth:`TrainConfig.resume_conflicts`)."""

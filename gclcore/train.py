@@ -412,6 +412,8 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
         checkpoint.save_model(out / "model.pt", model, state, cfg.model)
     evaluation(state)
     test = evaluation.test()
+    if ctx.is_main and not cfg.keep_state:  # only now: a run that failed in its tests resumes with no step to redo
+        checkpoint.state_path(out).unlink()
     if towers.resolver is not None and ctx.is_main:  # what training saw of the images, in the run's own log
         log.append({"step": state.step, **_image_counts(towers.resolver)})
     log.close()

@@ -8,7 +8,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -37,7 +37,9 @@
 # (30; `save_every` adds saves by steps or epochs), and with `resume="latest"` (this notebook's default)
 # running the notebook again after an interruption (a dead kernel, a lost session) continues from the last
 # saved state, exactly; a state saved by a different configuration is refused, naming the differences;
-# `-p resume ""` starts the run over. During training the dev metrics are computed on a fixed **dev
+# `-p resume ""` starts the run over. Once the run has ended and been tested, its state is removed (the book's
+# runs set `keep_state: false`: 210 MB a run on the default model); `-p keep_state True` keeps it, so that a
+# later run with more `epochs` continues it. During training the dev metrics are computed on a fixed **dev
 # sub-corpus** (the dev queries' judged products plus sampled distractors, `eval_corpus_size` products),
 # so that an evaluation stays short; the four splits are evaluated with the full published protocol at
 # the end.

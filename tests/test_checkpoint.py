@@ -3,6 +3,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -80,5 +81,5 @@ def test_check_disk_space_refuses_a_disk_without_room_and_names_every_file(tmp_p
 
 def test_free_bytes_of_a_folder_not_made_yet_asks_its_nearest_existing_parent(tmp_path, monkeypatch):
     asked = []
-    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: asked.append(path) or (10, 3, 7))
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: asked.append(path) or SimpleNamespace(free=7))
     assert checkpoint.free_bytes(tmp_path / "not" / "made") == 7 and asked == [tmp_path]

@@ -711,6 +711,26 @@ def test_the_disk_check_counts_what_the_run_writes_and_refuses_a_full_disk_befor
     assert sorted(p.name for p in (tmp_path / "full-disk").iterdir()) == []
 
 
+def test_keep_state_false_removes_the_state_only_after_the_tests(tmp_path, tiny_shop, monkeypatch):
+    """keep_state=false: the state saved on the way (here every 2 steps) is there while the run tests its
+    model, and gone when the run returns; model.pt stays, with the last step's weights."""
+    from gclcore import evaluate
+
+    cfg = config(tmp_path, tiny_shop, epochs=2, max_steps=4, save_every=2, keep_state=False, eval_split="",
+                 epoch_checkpoints=False, test_splits="query_0_product_id_0", eval_top_k=10)
+    state_file, tested = Path(cfg.output_dir) / "checkpoints" / "state-latest.pt", []
+    real_evaluate = evaluate.evaluate
+
+    def evaluate_and_look(*args, **kwargs):
+        tested.append(torch.load(state_file, weights_only=False)["step"])
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", evaluate_and_look)
+    result = trainer.train(cfg)
+    assert tested == [4] and not state_file.exists() and result.test is not None
+    assert torch.load(result.checkpoint, weights_only=False)["step"] == 4
+
+
 def test_resume_refuses_a_state_of_another_configuration(tmp_path, tiny_shop):
     cfg = config(tmp_path, tiny_shop, epochs=2, max_steps=4, save_every=2, eval_top_k=10)
     trainer.train(cfg)
