@@ -177,6 +177,14 @@ def state_path(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints" / "state-latest.pt"
 
 
+def remove_state(output_dir: str | Path) -> None:
+    """Delete the run's ``state-latest.pt``, and its ``checkpoints`` folder when nothing else is in it."""
+    path = state_path(output_dir)
+    path.unlink()
+    if not any(path.parent.iterdir()):
+        path.parent.rmdir()
+
+
 def resume_path(output_dir: str | Path, resume: str) -> Path | None:
     """The state file to resume from: ``""`` none; ``"latest"`` the run's own state if it exists (a fresh
     start otherwise); anything else a path, which must exist."""

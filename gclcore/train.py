@@ -413,7 +413,7 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     evaluation(state)
     test = evaluation.test()
     if ctx.is_main and not cfg.keep_state:  # only now: a run that failed in its tests resumes with no step to redo
-        checkpoint.state_path(out).unlink()
+        checkpoint.remove_state(out)
     if towers.resolver is not None and ctx.is_main:  # what training saw of the images, in the run's own log
         log.append({"step": state.step, **_image_counts(towers.resolver)})
     log.close()
