@@ -127,10 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.set)
     except ValueError as err:
         parser.error(str(err))
+    from gclcore.train import RUN_ERRORS
+
     for name in args.names:
         try:
             test = execute(run_config(spec, name, args.out, overrides))
-        except (ValueError, FileNotFoundError, KeyError) as err:
+        except RUN_ERRORS as err:
             print(f"error in run {name!r}: {err}", file=sys.stderr)
             return 2
         except TrainingInterrupted as stopped:

@@ -531,6 +531,11 @@ def _seed_everything(cfg: TrainConfig) -> None:
     torch.manual_seed(cfg.seed)
 
 
+RUN_ERRORS = (ValueError, FileNotFoundError, KeyError, checkpoint.NotEnoughDiskSpace, checkpoint.CheckpointWriteError)
+"""What a run's command line reports in one line (exit status 2) instead of a traceback: a config or input
+that cannot work, or a disk without room for the run's checkpoints."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gclcore.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML file of TrainConfig fields")
@@ -540,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(args.set)
         cfg = TrainConfig.from_yaml(args.config, **overrides) if args.config else TrainConfig.from_dict(overrides)
         result = train(cfg)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except RUN_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stopped:

@@ -686,7 +686,7 @@ def test_long_runs_save_their_state_every_so_many_minutes(tmp_path, tiny_shop, m
 
 
 def test_the_disk_check_counts_what_the_run_writes_and_refuses_a_full_disk_before_step_one(tmp_path, tiny_shop,
-                                                                                         monkeypatch):
+                                                                                         monkeypatch, capsys):
     """The run's own files against the sizes its disk check asked for (tensor bytes: the files add only their
     pickled structure); with too little room the run stops before its first step, its folder untouched."""
     from gclcore import checkpoint
@@ -709,6 +709,10 @@ def test_the_disk_check_counts_what_the_run_writes_and_refuses_a_full_disk_befor
                                                            r"checkpoints need at least [\d,]+ MiB there"):
         trainer.train(fresh)
     assert sorted(p.name for p in (tmp_path / "full-disk").iterdir()) == []
+    given = tmp_path / "full-disk.yaml"  # the command line: one line, exit status 2
+    given.write_text(yaml.safe_dump(dataclasses.asdict(fresh)))
+    assert trainer.main(["--config", str(given)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {fresh.output_dir} is on a disk with 1 MiB free")
 
 
 def test_keep_state_false_removes_the_state_only_after_the_tests(tmp_path, tiny_shop, monkeypatch):
