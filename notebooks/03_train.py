@@ -37,12 +37,12 @@
 # (30; `save_every` adds saves by steps or epochs), and with `resume="latest"` (this notebook's default)
 # running the notebook again after an interruption (a dead kernel, a lost session) continues from the last
 # saved state, exactly; a state saved by a different configuration is refused, naming the differences;
-# `-p resume ""` starts the run over. Once the run has ended and been tested, its state is removed (the book's
-# runs set `keep_state: false`: 210 MB a run on the default model); `-p keep_state True` keeps it, so that a
-# later run with more `epochs` continues it. During training the dev metrics are computed on a fixed **dev
-# sub-corpus** (the dev queries' judged products plus sampled distractors, `eval_corpus_size` products),
-# so that an evaluation stays short; the four splits are evaluated with the full published protocol at
-# the end.
+# `-p resume ""` starts the run over. The ended run keeps its state (`keep_state`; the book's other runs drop
+# theirs and are reused by their test results), so running the notebook again reuses the run instead of
+# training it again, and a run with more `epochs` continues it. During training the dev metrics are
+# computed on a fixed **dev sub-corpus** (the dev queries' judged products plus sampled distractors,
+# `eval_corpus_size` products), so that an evaluation stays short; the four splits are evaluated with the
+# full published protocol at the end.
 
 # %% tags=["parameters"]
 data_dir = ""          # the dataset folder; "" -> the embedded synthetic shop (generated on first use)
@@ -53,6 +53,7 @@ experiment = "gcl-linear"
 experiments_file = ""  # "" -> book/experiments.yaml
 runs_dir = ""          # the run is written to <runs_dir>/<experiment>; "" -> build/runs
 resume = "latest"      # continue the run's saved state when there is one (a re-run after an interruption)
+keep_state = True      # keep the state when the run ends: a re-run of this notebook reuses the run
 
 # %%
 from IPython.display import Markdown, display
