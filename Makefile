@@ -58,7 +58,7 @@ EXPECTED_KEY := $(if $(filter $(SYNTH_DIR),$(DATA_DIR)),synth-$(PRESET)-seed$(SE
 # RUN_OVERRIDES go to it and to the other runs alike.
 NB_PARAMS_01_explore_data  := data_dir image_root
 NB_PARAMS_02_multi_split   := data_dir seed
-NB_PARAMS_03_train         := data_dir image_root model pretrained experiments_file runs_dir resume
+NB_PARAMS_03_train         := data_dir image_root model pretrained experiments_file runs_dir resume keep_state
 NB_PARAMS_04_evaluate      := data_dir image_root model pretrained experiments_file runs_dir
 NB_PARAMS_05_paper_tables  := data_dir image_root model pretrained experiments_file runs_dir expected_file expected_key
 NB_PARAMS_06_reproduce     := data_dir image_root test_csv corpus checkpoints architecture expected_file
@@ -78,16 +78,18 @@ NB_VALUE_architecture      := $(REPRO_MODEL)
 NB_VALUE_test_csv          := $(if $(TEST_CSV),$(abspath $(TEST_CSV)))
 NB_VALUE_corpus            := $(if $(CORPUS),$(abspath $(CORPUS)))
 # Real data: no cell time limit (notebook 03's training cell runs for hours), and every run continues its
-# own saved state when make is run again after an interruption. The synthetic shop: 30 min per cell (a hung
-# cell fails CI) and runs retrain from scratch (seconds), so a code change always reaches the book.
+# own saved state when make is run again after an interruption, or reuses it once ended. The synthetic shop:
+# 30 min per cell (a hung cell fails CI) and runs retrain from scratch (seconds), so a code change always
+# reaches the book; their states, never read again, are removed when they end (keep_state: half the disk).
 REAL_DATA   := $(if $(filter $(SYNTH_DIR),$(DATA_DIR)),,yes)
 NB_VALUE_resume            := $(if $(REAL_DATA),latest,)
+NB_VALUE_keep_state        := $(if $(REAL_DATA),True,False)
 NB_TIMEOUT  := $(if $(REAL_DATA),,--execution-timeout 1800)
 RUN_PARAMS  = $(foreach o,$(RUN_OVERRIDES),-p $(subst =, ,$(o)))
 nb_params   = $(foreach p,$(NB_PARAMS_$(1)),-p $(p) '$(NB_VALUE_$(p))') $(if $(filter 03_train,$(1)),$(RUN_PARAMS))
 RUN_SETS    = --set data_dir=$(NB_VALUE_data_dir) --set image_root=$(NB_VALUE_image_root) \
               --set model=$(MODEL) --set pretrained=$(PRETRAINED) --set resume=$(NB_VALUE_resume) \
-              $(foreach o,$(RUN_OVERRIDES),--set $(o))
+              --set keep_state=$(NB_VALUE_keep_state) $(foreach o,$(RUN_OVERRIDES),--set $(o))
 
 # this checkout's gclcore, whatever else is installed (e.g. an editable install of another worktree)
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))

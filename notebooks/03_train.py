@@ -37,10 +37,10 @@
 # (30; `save_every` adds saves by steps or epochs), and with `resume="latest"` (this notebook's default)
 # running the notebook again after an interruption (a dead kernel, a lost session) continues from the last
 # saved state, exactly; a state saved by a different configuration is refused, naming the differences;
-# `-p resume ""` starts the run over. The ended run keeps its state (`keep_state`; the book's other runs drop
-# theirs and are reused by their test results), so running the notebook again reuses the run instead of
-# training it again, and a run with more `epochs` continues it. During training the dev metrics are
-# computed on a fixed **dev sub-corpus** (the dev queries' judged products plus sampled distractors,
+# `-p resume ""` starts the run over. The ended run keeps its state (`keep_state`), so running the notebook
+# again reuses the run instead of training it again, and a run with more `epochs` continues it (`make book`
+# on the synthetic shop, whose runs retrain from scratch, passes `-p keep_state False`). During training the
+# dev metrics are computed on a fixed **dev sub-corpus** (the dev queries' judged products plus sampled distractors,
 # `eval_corpus_size` products), so that an evaluation stays short; the four splits are evaluated with the
 # full published protocol at the end.
 

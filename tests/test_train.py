@@ -756,19 +756,24 @@ def _make_dry_run(target: str, *variables: str) -> list[str]:
 
 def test_real_data_has_no_cell_time_limit_and_resumes():
     """`make book DATA_DIR=<real data>`: notebook 03's multi-hour training cell gets no papermill time
-    limit and continues its saved state; the embedded synthetic shop keeps 30 min a cell and retrains."""
+    limit, and every run continues its saved state and keeps it when it ends (a later make reuses it); the
+    embedded synthetic shop keeps 30 min a cell, retrains, and drops the states it never reads again."""
     import papermill
 
     real = "DATA_DIR=/data/marqo-gs-dataset/marqo_gs_full_10m"
     papermill_real = [line for line in _make_dry_run("build/dry/03_train.ipynb", real) if "papermill" in line]
     assert len(papermill_real) == 1 and "--execution-timeout" not in papermill_real[0]
-    assert "-p resume 'latest'" in papermill_real[0]
+    assert "-p resume 'latest'" in papermill_real[0] and "-p keep_state 'True'" in papermill_real[0]
     runs_real = [line for line in _make_dry_run("build/dry/runs/.done", real) if "experiments run" in line]
-    assert len(runs_real) == 1 and "--set resume=latest" in runs_real[0]
+    assert len(runs_real) == 1 and "--set resume=latest" in runs_real[0] and "--set keep_state=True" in runs_real[0]
     papermill_synth = [line for line in _make_dry_run("build/dry/03_train.ipynb") if "papermill" in line]
     assert "--execution-timeout 1800" in papermill_synth[0] and "-p resume ''" in papermill_synth[0]
+    assert "-p keep_state 'False'" in papermill_synth[0]
+    runs_synth = [line for line in _make_dry_run("build/dry/runs/.done") if "experiments run" in line]
+    assert "--set resume= " in runs_synth[0] and "--set keep_state=False" in runs_synth[0]
     declared = papermill.inspect_notebook(str(REPO / "notebooks" / "03_train.ipynb"))
     assert declared["resume"]["default"] == '"latest"'  # papermill or JupyterLab by hand: a re-run continues
+    assert declared["keep_state"]["default"] == "True"  # or reuses the ended run
 
 
 @pytest.mark.slow
