@@ -10,7 +10,7 @@ A run directory holds:
   raised and the run continued) unless ``keep_state=false``.
 
 Every file is written atomically (a kill mid-save leaves the previous file intact). A run checks before its
-first step that its folder's disk has room for the checkpoints it will write (:func:`check_disk_space`), and
+first step that its folder's disk has room for the checkpoints it will write (:func:`disk_shortfall`), and
 a save that fails says which file, how large and how much room its disk has (:class:`CheckpointWriteError`).
 """
 
@@ -80,6 +80,11 @@ def free_bytes(path: str | Path) -> int:
     return shutil.disk_usage(path).free
 
 
+WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter", "write")
+"""Words of torch.save's own RuntimeErrors when the file, not the payload, failed (its zip writer reports a
+short write as ``unexpected pos N vs M``)."""
+
+
 def save_file(path: str | Path, payload: dict) -> None:
     """``torch.save`` through an atomic write (parent folders created). A failed write raises
     :class:`CheckpointWriteError` with the payload's size and the disk's free space (a full disk surfaces
@@ -90,35 +95,48 @@ def save_file(path: str | Path, payload: dict) -> None:
         with atomic_write(path, binary=True) as fh:
             torch.save(payload, fh)
     except (OSError, RuntimeError) as error:
-        size, free = tensor_bytes(payload), free_bytes(path.parent)  # the partial file is gone by now
+        if not isinstance(error, OSError) and not any(word in str(error) for word in WRITE_FAILURES):
+            raise  # not the file: e.g. a device error while the tensors were copied out
+        size = tensor_bytes(payload)
+        try:
+            free = free_bytes(path.parent)  # the partial file is gone by now
+        except OSError:
+            free = None
+        room = "its disk's free space is unknown" if free is None else f"its disk has {megabytes(free)} free"
         fix = (": too little. Free space there, or give the run another output_dir (resume=latest continues "
-               "from the last state saved)" if free < size else "")
+               "from the last state saved)" if free is not None and free < size else "")
         raise CheckpointWriteError(f"could not write {path}: {error}. It holds {megabytes(size)} of tensors and "
-                                   f"its disk has {megabytes(free)} free{fix}") from error
+                                   f"{room}{fix}") from error
 
 
-def bytes_to_write(model: torch.nn.Module, trained: list[torch.nn.Parameter], epoch_checkpoints: int) -> dict[str, int]:
-    """The least a run will add to its folder, by file (tensor bytes): one ``state-latest.pt`` (the model's
-    weights + AdamW's two moments per trained parameter; a state already there is replaced through a full
-    new copy), ``model.pt`` (the weights) and ``epoch_checkpoints`` copies of ``epoch_N.pt``."""
+def bytes_to_write(model: torch.nn.Module, trained: list[torch.nn.Parameter], epoch_checkpoints: int,
+                   state_copies: int = 1) -> dict[str, int]:
+    """The most a run's checkpoints occupy of its folder's free space at once, by file (tensor bytes):
+    ``state_copies`` full states (the model's weights + AdamW's two moments per trained parameter: each save
+    after the first writes a new file beside the last, so 2 for a run that saves more than once and had no
+    state; 1 for one save, or when the saved state is already on the disk), ``model.pt`` (the weights) and
+    ``epoch_checkpoints`` copies of ``epoch_N.pt``."""
     weights = tensor_bytes(model.state_dict())
     moments = 2 * sum(p.numel() * p.element_size() for p in trained)  # exp_avg and exp_avg_sq, in the params' dtype
-    needed = {"checkpoints/state-latest.pt": weights + moments, "model.pt": weights}
-    if epoch_checkpoints:
+    copies = f" x {state_copies}" if state_copies > 1 else ""
+    needed = {f"checkpoints/state-latest.pt{copies}": state_copies * (weights + moments), "model.pt": weights}
+    if epoch_checkpoints > 0:
         needed[f"checkpoints/epoch_N.pt x {epoch_checkpoints}"] = epoch_checkpoints * weights
     return needed
 
 
-def check_disk_space(output_dir: str | Path, needed: dict[str, int]) -> None:
-    """Raise :class:`NotEnoughDiskSpace` before training when ``output_dir``'s disk has less free space than
-    ``needed`` (:func:`bytes_to_write`) adds up to: such a run would fail at a save, at the end at the latest."""
-    free, total = free_bytes(output_dir), sum(needed.values())
-    if free < total:
-        files = ", ".join(f"{name} {megabytes(size)}" for name, size in needed.items())
-        raise NotEnoughDiskSpace(
-            f"{output_dir} is on a disk with {megabytes(free)} free, and this run's checkpoints need at least "
-            f"{megabytes(total)} there ({files}). Free space on that disk, give the run another output_dir, "
-            f"or keep fewer files (epoch_checkpoints=false)")
+def disk_shortfall(output_dir: str | Path, needed: dict[str, int]) -> str | None:
+    """Why ``output_dir``'s disk cannot take the checkpoints ``needed`` (:func:`bytes_to_write`) adds up to,
+    with 1% + 16 MiB for the files' own structure; None when it can. A run that starts anyway would fail
+    at a save, at the end at the latest."""
+    total = sum(needed.values())
+    required, free = total + total // 100 + 16 * 2**20, free_bytes(output_dir)
+    if free >= required:
+        return None
+    files = ", ".join(f"{name} {megabytes(size)}" for name, size in needed.items())
+    return (f"{output_dir} is on a disk with {megabytes(free)} free, and this run's checkpoints need at least "
+            f"{megabytes(required)} there ({files}; and 1% + 16 MiB for the files' structure). Free space on "
+            f"that disk, give the run another output_dir, or keep fewer files (epoch_checkpoints=false)")
 
 
 def save_model(path: str | Path, model: torch.nn.Module, state: TrainState, name: str) -> None:

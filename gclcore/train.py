@@ -333,10 +333,11 @@ def train(config: TrainConfig | dict | None = None, on_step=None, sampler=None, 
     lr_at = cosine_schedule(cfg.lr, cfg.warmup_steps, total_steps)
     precision = Precision.choose(cfg.precision, device)
     state = checkpoint.load_state(resume, model, optimizer, precision.scaler, ctx, cfg) if resume else TrainState()
-    epoch_ends = (total_steps // steps_per_epoch - state.step // steps_per_epoch
-                  if cfg.epoch_checkpoints and steps_per_epoch else 0)
-    # every rank checks (the same folder), so none waits in a collective for a rank that stopped here
-    checkpoint.check_disk_space(out, checkpoint.bytes_to_write(model, params, epoch_ends))
+    _check_disk_space(cfg, model, params, state, checkpoint.state_path(out).exists(), total_steps, steps_per_epoch,
+                      ctx, device)
+    if cfg.resume == "latest" and resume is None and (out / "model.pt").exists() and ctx.is_main:
+        print(f"no saved state to resume in {out}, though a run ended there (keep_state=false): training from "
+              f"step 0, replacing its model.pt", flush=True)
     sync = distributed.GradientSync(towers, ctx, cfg.grad_sync)
     _write_config(cfg, out, ctx)  # after the resume check: a refused state leaves the run's record as it was
     log = RunLog(out, state.history, write=ctx.is_main, tensorboard=cfg.tensorboard)
@@ -483,6 +484,23 @@ def _result(out: Path, state: TrainState, test: pd.DataFrame | None, cfg: TrainC
     speeds = train_rows["samples_per_s"].to_numpy() if len(train_rows) else np.array([0.0])
     return TrainResult(out, train_rows, eval_rows, out / "model.pt", state.step, float(np.median(speeds)), test,
                        cfg)
+
+
+def _check_disk_space(cfg: TrainConfig, model, params, state: TrainState, state_on_disk: bool, total_steps: int,
+                      steps_per_epoch: int, ctx: distributed.Context, device: torch.device) -> None:
+    """Stop before the first step (every rank, :class:`~gclcore.checkpoint.NotEnoughDiskSpace`) when rank 0's
+    run folder lacks room for the checkpoints still to come: the epoch copies of the steps left, and two
+    full states at once for a run without one that saves before its final save (by steps, epochs or time;
+    a time-based save is counted as due)."""
+    epochs_left = max(0, total_steps // steps_per_epoch - state.step // steps_per_epoch) if steps_per_epoch else 0
+    saves_before_end = cfg.save_every_minutes > 0 or (
+        cfg.save_every > 0 and total_steps // cfg.save_every > state.step // cfg.save_every) or (
+        cfg.save_every == 0 and epochs_left > 0)
+    needed = checkpoint.bytes_to_write(model, params, epochs_left if cfg.epoch_checkpoints else 0,
+                                       state_copies=2 if saves_before_end and not state_on_disk else 1)
+    shortfall = checkpoint.disk_shortfall(cfg.output_dir, needed) if ctx.is_main else None  # rank 0 writes them
+    if distributed.reduce_over_ranks(float(shortfall is not None), ctx, device, "max"):  # all stop, none waits
+        raise checkpoint.NotEnoughDiskSpace(shortfall or f"rank 0 found too little disk space in {cfg.output_dir}")
 
 
 def _total_steps(cfg: TrainConfig, steps_per_epoch: int, n_rows: int, batch_rows: int) -> int:

@@ -38,11 +38,11 @@
 # running the notebook again after an interruption (a dead kernel, a lost session) continues from the last
 # saved state, exactly; a state saved by a different configuration is refused, naming the differences;
 # `-p resume ""` starts the run over. The ended run keeps its state (`keep_state`), so running the notebook
-# again reuses the run instead of training it again, and a run with more `epochs` continues it (`make book`
-# on the synthetic shop, whose runs retrain from scratch, passes `-p keep_state False`). During training the
-# dev metrics are computed on a fixed **dev sub-corpus** (the dev queries' judged products plus sampled distractors,
-# `eval_corpus_size` products), so that an evaluation stays short; the four splits are evaluated with the
-# full published protocol at the end.
+# again trains no step again (its evaluations run again), and a run with more `epochs` continues it (`make
+# book` on the synthetic shop, whose runs retrain from scratch, passes `-p keep_state False`). During training
+# the dev metrics are computed on a fixed **dev sub-corpus** (the dev queries' judged products plus sampled
+# distractors, `eval_corpus_size` products), so that an evaluation stays short; the four splits are
+# evaluated with the full published protocol at the end.
 
 # %% tags=["parameters"]
 data_dir = ""          # the dataset folder; "" -> the embedded synthetic shop (generated on first use)

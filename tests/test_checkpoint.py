@@ -58,25 +58,53 @@ def test_tensor_bytes_counts_the_tensors_of_a_nested_payload():
     assert checkpoint.tensor_bytes(payload) == 12 * 4 + 5 * 2 + 4 + 7 * 8 + 16
 
 
-def test_bytes_to_write_counts_weights_moments_and_epoch_copies():
+def test_bytes_to_write_counts_weights_moments_state_copies_and_epoch_copies():
     model = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.BatchNorm1d(20))
     trained = list(model[0].parameters())  # the batch norm frozen: no moments for it
     weights = (10 * 20 + 20 + 20 + 20 + 20 + 20) * 4 + 8  # linear; bn weight, bias, running mean / var; count
     moments = 2 * (10 * 20 + 20) * 4
     assert checkpoint.bytes_to_write(model, trained, 0) == {"checkpoints/state-latest.pt": weights + moments,
                                                            "model.pt": weights}
-    assert checkpoint.bytes_to_write(model, trained, 3)["checkpoints/epoch_N.pt x 3"] == 3 * weights
+    assert checkpoint.bytes_to_write(model, trained, 3, state_copies=2) == {
+        "checkpoints/state-latest.pt x 2": 2 * (weights + moments), "model.pt": weights,
+        "checkpoints/epoch_N.pt x 3": 3 * weights}
 
 
-def test_check_disk_space_refuses_a_disk_without_room_and_names_every_file(tmp_path, monkeypatch):
+def test_disk_shortfall_asks_for_1_percent_and_16_mib_more_and_names_every_file(tmp_path, monkeypatch):
     needed = {"checkpoints/state-latest.pt": 300 * 2**20, "model.pt": 100 * 2**20}
-    monkeypatch.setattr(checkpoint, "free_bytes", lambda path: 400 * 2**20)
-    checkpoint.check_disk_space(tmp_path, needed)  # exactly enough
-    monkeypatch.setattr(checkpoint, "free_bytes", lambda path: 399 * 2**20)
-    with pytest.raises(checkpoint.NotEnoughDiskSpace, match=(
-            rf"{tmp_path} is on a disk with 399 MiB free, and this run's checkpoints need at least 400 MiB there "
-            r"\(checkpoints/state-latest.pt 300 MiB, model.pt 100 MiB\). Free space on that disk")):
-        checkpoint.check_disk_space(tmp_path, needed)
+    required = 400 * 2**20 + 4 * 2**20 + 16 * 2**20  # + 1% + 16 MiB
+    monkeypatch.setattr(checkpoint, "free_bytes", lambda path: required)
+    assert checkpoint.disk_shortfall(tmp_path, needed) is None
+    monkeypatch.setattr(checkpoint, "free_bytes", lambda path: required - 2**20)
+    assert checkpoint.disk_shortfall(tmp_path, needed) == (
+        f"{tmp_path} is on a disk with 419 MiB free, and this run's checkpoints need at least 420 MiB there "
+        f"(checkpoints/state-latest.pt 300 MiB, model.pt 100 MiB; and 1% + 16 MiB for the files' structure). "
+        f"Free space on that disk, give the run another output_dir, or keep fewer files (epoch_checkpoints=false)")
+
+
+def test_an_error_of_the_payload_not_the_file_passes_through_unchanged(tmp_path, monkeypatch):
+    def device_error(payload, fh):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(checkpoint.torch, "save", device_error)
+    with pytest.raises(RuntimeError, match="^CUDA error: an illegal memory access") as raised:
+        checkpoint.save_file(tmp_path / "model.pt", {"w": torch.zeros(3)})
+    assert type(raised.value) is RuntimeError and list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_write_whose_disk_cannot_be_asked_still_names_the_file(tmp_path, monkeypatch):
+    def short_write(payload, fh):
+        raise OSError(28, "No space left on device")
+
+    def stale_mount(path):
+        raise OSError(116, "Stale file handle")
+
+    monkeypatch.setattr(checkpoint.torch, "save", short_write)
+    monkeypatch.setattr(checkpoint, "free_bytes", stale_mount)
+    with pytest.raises(checkpoint.CheckpointWriteError, match=(
+            r"could not write .*model.pt: \[Errno 28\] No space left on device. It holds 0 MiB of tensors and "
+            r"its disk's free space is unknown$")):
+        checkpoint.save_file(tmp_path / "model.pt", {"w": torch.zeros(3)})
 
 
 def test_free_bytes_of_a_folder_not_made_yet_asks_its_nearest_existing_parent(tmp_path, monkeypatch):

@@ -688,12 +688,12 @@ def test_long_runs_save_their_state_every_so_many_minutes(tmp_path, tiny_shop, m
 def test_the_disk_check_counts_what_the_run_writes_and_refuses_a_full_disk_before_step_one(tmp_path, tiny_shop,
                                                                                          monkeypatch, capsys):
     """The run's own files against the sizes its disk check asked for (tensor bytes: the files add only their
-    pickled structure); with too little room the run stops before its first step, its folder untouched."""
+    pickled structure); with too little room the run stops before its first step, no checkpoint written."""
     from gclcore import checkpoint
 
-    asked, check = [], checkpoint.check_disk_space
-    monkeypatch.setattr(checkpoint, "check_disk_space", lambda out, needed: asked.append(needed) or check(out, needed))
-    cfg = config(tmp_path, tiny_shop, epochs=2, save_every=-1, eval_split="")
+    asked, count = [], checkpoint.bytes_to_write
+    monkeypatch.setattr(checkpoint, "bytes_to_write", lambda *args, **kw: asked.append(count(*args, **kw)) or asked[-1])
+    cfg = config(tmp_path, tiny_shop, epochs=2, save_every=-1, save_every_minutes=0, eval_split="")  # one save
     trainer.train(cfg)
     out = Path(cfg.output_dir)
     written = {"checkpoints/state-latest.pt": (out / "checkpoints" / "state-latest.pt").stat().st_size,
@@ -708,14 +708,38 @@ def test_the_disk_check_counts_what_the_run_writes_and_refuses_a_full_disk_befor
     with pytest.raises(checkpoint.NotEnoughDiskSpace, match=r"full-disk is on a disk with 1 MiB free, and this run's "
                                                            r"checkpoints need at least [\d,]+ MiB there"):
         trainer.train(fresh)
-    assert sorted(p.name for p in (tmp_path / "full-disk").iterdir()) == []
+    assert not list((tmp_path / "full-disk").rglob("*.pt"))
     given = tmp_path / "full-disk.yaml"  # the command line: one line, exit status 2
     given.write_text(yaml.safe_dump(dataclasses.asdict(fresh)))
     assert trainer.main(["--config", str(given)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {fresh.output_dir} is on a disk with 1 MiB free")
 
 
-def test_keep_state_false_removes_the_state_only_after_the_tests(tmp_path, tiny_shop, monkeypatch):
+def test_the_disk_check_counts_two_states_at_once_for_a_run_that_saves_twice(tmp_path, tiny_shop, monkeypatch):
+    """Full fine-tuning saving every 2 of 4 steps: the second save writes a new state (weights + AdamW's two
+    moments, 3x the weights) beside the first. The checkpoints' peak on disk, measured after every write,
+    fits what the check asked for, and exceeds one state + model.pt."""
+    from gclcore import checkpoint
+
+    asked, count = [], checkpoint.bytes_to_write
+    monkeypatch.setattr(checkpoint, "bytes_to_write", lambda *args, **kw: asked.append(count(*args, **kw)) or asked[-1])
+    cfg = config(tmp_path, tiny_shop, freeze="none", epochs=2, max_steps=4, save_every=2, save_every_minutes=0,
+                 epoch_checkpoints=False, eval_split="")
+    out, peak, save = Path(cfg.output_dir), [0], torch.save
+
+    def save_and_measure(payload, fh):
+        save(payload, fh)
+        fh.flush()
+        peak[0] = max(peak[0], sum(p.stat().st_size for p in out.rglob("*") if p.suffix in (".pt", ".tmp")))
+
+    monkeypatch.setattr(torch, "save", save_and_measure)
+    trainer.train(cfg)
+    needed = asked[0]
+    assert list(needed) == ["checkpoints/state-latest.pt x 2", "model.pt"]
+    assert needed["checkpoints/state-latest.pt x 2"] / 2 + needed["model.pt"] < peak[0] <= sum(needed.values())
+
+
+def test_keep_state_false_removes_the_state_only_after_the_tests(tmp_path, tiny_shop, monkeypatch, capsys):
     """keep_state=false: the state saved on the way (here every 2 steps) is there while the run tests its
     model, and gone when the run returns; model.pt stays, with the last step's weights."""
     from gclcore import evaluate
@@ -733,6 +757,10 @@ def test_keep_state_false_removes_the_state_only_after_the_tests(tmp_path, tiny_
     result = trainer.train(cfg)
     assert tested == [4] and not state_file.parent.exists() and result.test is not None  # nor its empty folder
     assert torch.load(result.checkpoint, weights_only=False)["step"] == 4
+    capsys.readouterr()
+    trainer.train(cfg, resume="latest")  # nothing to resume: said, not silent
+    assert f"no saved state to resume in {cfg.output_dir}, though a run ended there (keep_state=false): training " \
+           f"from step 0" in capsys.readouterr().out
 
 
 def test_resume_refuses_a_state_of_another_configuration(tmp_path, tiny_shop):
