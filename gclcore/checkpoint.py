@@ -136,7 +136,8 @@ def disk_shortfall(output_dir: str | Path, needed: dict[str, int]) -> str | None
     files = ", ".join(f"{name} {megabytes(size)}" for name, size in needed.items())
     return (f"{output_dir} is on a disk with {megabytes(free)} free, and this run's checkpoints need at least "
             f"{megabytes(required)} there ({files}; and 1% + 16 MiB for the files' structure). Free space on "
-            f"that disk, give the run another output_dir, or keep fewer files (epoch_checkpoints=false)")
+            f"that disk, give the run another output_dir, or keep fewer files (epoch_checkpoints=false; one state, "
+            f"at the end only: save_every=-1 save_every_minutes=0)")
 
 
 def save_model(path: str | Path, model: torch.nn.Module, state: TrainState, name: str) -> None:

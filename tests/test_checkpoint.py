@@ -79,7 +79,8 @@ def test_disk_shortfall_asks_for_1_percent_and_16_mib_more_and_names_every_file(
     assert checkpoint.disk_shortfall(tmp_path, needed) == (
         f"{tmp_path} is on a disk with 419 MiB free, and this run's checkpoints need at least 420 MiB there "
         f"(checkpoints/state-latest.pt 300 MiB, model.pt 100 MiB; and 1% + 16 MiB for the files' structure). "
-        f"Free space on that disk, give the run another output_dir, or keep fewer files (epoch_checkpoints=false)")
+        f"Free space on that disk, give the run another output_dir, or keep fewer files (epoch_checkpoints=false; "
+        f"one state, at the end only: save_every=-1 save_every_minutes=0)")
 
 
 def test_an_error_of_the_payload_not_the_file_passes_through_unchanged(tmp_path, monkeypatch):
