@@ -117,7 +117,7 @@ def bytes_to_write(model: torch.nn.Module, trained: list[torch.nn.Parameter], ep
     state; 1 for one save, or when the saved state is already on the disk), ``model.pt`` (the weights) and
     ``epoch_checkpoints`` copies of ``epoch_N.pt``."""
     weights = tensor_bytes(model.state_dict())
-    moments = 2 * sum(p.numel() * p.element_size() for p in trained)  # exp_avg and exp_avg_sq, in the params' dtype
+    moments = 2 * tensor_bytes(trained)  # exp_avg and exp_avg_sq, in the params' dtype
     copies = f" x {state_copies}" if state_copies > 1 else ""
     needed = {f"checkpoints/state-latest.pt{copies}": state_copies * (weights + moments), "model.pt": weights}
     if epoch_checkpoints > 0:

@@ -685,14 +685,22 @@ def test_long_runs_save_their_state_every_so_many_minutes(tmp_path, tiny_shop, m
     assert saves == [4, 8, 12, 13]  # asked at log steps (every 2): due at step 4 (75 s), then 8, 12; the end
 
 
-def test_the_disk_check_counts_what_the_run_writes_and_refuses_a_full_disk_before_step_one(tmp_path, tiny_shop,
+@pytest.fixture
+def asked(monkeypatch) -> list[dict]:
+    """What each run's disk check asked for (:func:`gclcore.checkpoint.bytes_to_write`'s answers), in order."""
+    from gclcore import checkpoint
+
+    answers, count = [], checkpoint.bytes_to_write
+    monkeypatch.setattr(checkpoint, "bytes_to_write", lambda *args, **kw: answers.append(count(*args, **kw)) or answers[-1])
+    return answers
+
+
+def test_the_disk_check_counts_what_the_run_writes_and_refuses_a_full_disk_before_step_one(tmp_path, tiny_shop, asked,
                                                                                          monkeypatch, capsys):
     """The run's own files against the sizes its disk check asked for (tensor bytes: the files add only their
     pickled structure); with too little room the run stops before its first step, no checkpoint written."""
     from gclcore import checkpoint
 
-    asked, count = [], checkpoint.bytes_to_write
-    monkeypatch.setattr(checkpoint, "bytes_to_write", lambda *args, **kw: asked.append(count(*args, **kw)) or asked[-1])
     cfg = config(tmp_path, tiny_shop, epochs=2, save_every=-1, save_every_minutes=0, eval_split="")  # one save
     trainer.train(cfg)
     out = Path(cfg.output_dir)
@@ -715,14 +723,11 @@ def test_the_disk_check_counts_what_the_run_writes_and_refuses_a_full_disk_befor
     assert capsys.readouterr().err.startswith(f"error: {fresh.output_dir} is on a disk with 1 MiB free")
 
 
-def test_the_disk_check_counts_two_states_at_once_for_a_run_that_saves_twice(tmp_path, tiny_shop, monkeypatch):
+def test_the_disk_check_counts_two_states_at_once_for_a_run_that_saves_twice(tmp_path, tiny_shop, asked, monkeypatch):
     """Full fine-tuning saving every 2 of 4 steps: the second save writes a new state (weights + AdamW's two
     moments, 3x the weights) beside the first. The checkpoints' peak on disk, measured after every write,
     fits what the check asked for, and exceeds one state + model.pt."""
-    from gclcore import checkpoint
 
-    asked, count = [], checkpoint.bytes_to_write
-    monkeypatch.setattr(checkpoint, "bytes_to_write", lambda *args, **kw: asked.append(count(*args, **kw)) or asked[-1])
     cfg = config(tmp_path, tiny_shop, freeze="none", epochs=2, max_steps=4, save_every=2, save_every_minutes=0,
                  epoch_checkpoints=False, eval_split="")
     out, peak, save = Path(cfg.output_dir), [0], torch.save
